@@ -1,0 +1,623 @@
+//! The load bench: what mpapi adds to a proxied request, measured end to end.
+//!
+//! `cargo bench --bench load` starts, in this one process, a minimal upstream, the WeChat
+//! simulator, the real gateway (release build; one worker thread, then two) and a bare Pingora
+//! pass-through (the floor of our architecture), drives each with many keep-alive connections
+//! from the generator in [`generator`], and prints one table; the same figures go to
+//! `target/mpapi-bench/load.json`. Scenarios are measured in alternating rounds so machine
+//! noise hits all of them alike; each figure is the median over the rounds, and each ratio to
+//! the bare pass-through the median of the rounds' ratios. Everything listens on 127.0.0.1.
+//!
+//! Knobs (environment): `MPAPI_LOAD_SECONDS` per measured run (1), `MPAPI_LOAD_ROUNDS` (7),
+//! `MPAPI_LOAD_CONNECTIONS` (32), `MPAPI_TEST_POSTGRES_URL` to add PostgreSQL logins. Words
+//! after `--` keep only the scenarios whose name contains one of them.
+//!
+//! Run without `--bench` (as `cargo test --all-targets` does) it is a test, not a bench: a
+//! short smoke run of every scenario, plus a check that the generator counts non-2xx answers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod generator;
+mod passthrough;
+mod report;
+mod scenarios;
+mod upstream;
+mod world;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use generator::{Load, MakeRequest, Outcome};
+use http::StatusCode;
+use mpapi::server::RunningGateway;
+use mpapi::store::Store;
+use passthrough::RunningPassThrough;
+use report::Row;
+use serde_json::json;
+
+/// How big and how long a run is.
+#[derive(Debug, Clone)]
+struct Plan {
+    connections: usize,
+    run: Duration,
+    rounds: usize,
+    warmup: Duration,
+    /// Live sessions with all five identity headers (and as many retired tokens).
+    live: usize,
+    /// Live sessions for the small-cache gateway, more than its cache holds.
+    overflow: usize,
+    small_cache: u64,
+    /// Distinct users in a login storm.
+    login_users: u64,
+    filter: Vec<String>,
+}
+
+impl Plan {
+    fn bench() -> Self {
+        Self {
+            connections: env_number("MPAPI_LOAD_CONNECTIONS", 32),
+            run: Duration::from_secs_f64(env_number("MPAPI_LOAD_SECONDS", 1) as f64),
+            rounds: env_number("MPAPI_LOAD_ROUNDS", 7),
+            warmup: Duration::from_secs(1),
+            live: 1_000,
+            overflow: 20_000,
+            small_cache: 1_000,
+            login_users: 50_000,
+            filter: std::env::args()
+                .skip(1)
+                .filter(|arg| !arg.starts_with("--"))
+                .collect(),
+        }
+    }
+
+    fn smoke() -> Self {
+        Self {
+            connections: 4,
+            run: Duration::from_millis(200),
+            rounds: 1,
+            warmup: Duration::from_millis(100),
+            live: 20,
+            overflow: 200,
+            small_cache: 20,
+            login_users: 100,
+            filter: Vec::new(),
+        }
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.filter.is_empty() || self.filter.iter().any(|word| name.contains(word.as_str()))
+    }
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One scenario against one server, accumulated over rounds.
+struct Scenario {
+    name: &'static str,
+    threads: usize,
+    load: Load,
+    /// The gateway's store, to count the statements a scenario costs.
+    store: Option<Arc<Store>>,
+    /// Name prefix of the proxy's worker threads, for [`thread_cpu_us`].
+    workers: &'static str,
+    /// Counts and failures over every round (latencies are not kept here).
+    outcome: Outcome,
+    /// Each measured round's figures.
+    rounds: Vec<Round>,
+    warmup_failed: u64,
+    queries: u64,
+}
+
+/// One measured run of one scenario.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// CPU time the proxy's worker threads spent per answered request, in microseconds.
+    cpu_us: f64,
+}
+
+/// CPU time (user + system) used so far by this process's threads whose name starts with
+/// `prefix`, in microseconds, from /proc (whose tick is 10 ms on Linux). Unlike requests per
+/// second it hardly moves when other processes compete for the cores.
+fn thread_cpu_us(prefix: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    let mut ticks = 0;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid … ; utime and stime are the 14th and 15th fields.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with(prefix) {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        ticks += field(11) + field(12);
+    }
+    ticks * 10_000
+}
+
+/// Thread counts every server is measured with.
+const THREADS: [usize; 2] = [1, 2];
+
+fn main() {
+    let bench = std::env::args().any(|arg| arg == "--bench");
+    let plan = if bench { Plan::bench() } else { Plan::smoke() };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let machine = report::machine();
+    println!("machine: {machine}");
+    println!("plan: {plan:?}");
+
+    // The generator and everything the bench itself awaits run here; the upstream and the
+    // simulator have a runtime of their own; each proxy starts its own.
+    let client = runtime("load-client", 2);
+    let backends = runtime("backends", 2);
+    let upstream = backends.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(upstream::serve(listener));
+        addr
+    });
+    let simulator = world::simulator();
+    let sim_addr = backends.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(mpapi::sim::serve(
+            listener,
+            simulator.clone(),
+            std::future::pending(),
+        ));
+        addr
+    });
+
+    let sqlite = world::Database::sqlite();
+    let postgres_url = std::env::var("MPAPI_TEST_POSTGRES_URL").ok();
+    let postgres = postgres_url
+        .as_deref()
+        .map(|url| client.block_on(world::Database::postgres(url)));
+    let started = Instant::now();
+    let seeded = client.block_on(world::seed(&sqlite.url, plan.live, plan.overflow));
+    println!(
+        "seeded {} live, {} retired and {} overflow sessions in {:.1}s",
+        seeded.live.len(),
+        seeded.retired.len(),
+        seeded.overflow.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let live = Arc::new(seeded.live);
+    let retired = Arc::new(seeded.retired);
+    let overflow = Arc::new(seeded.overflow);
+    let plain = Arc::new(seeded.plain);
+    let guessed = scenarios::guessed_tokens(4_096);
+
+    let mut bares = Vec::new();
+    let mut gateways: Vec<RunningGateway> = Vec::new();
+    let mut list = Vec::new();
+    let c = plan.connections;
+    for threads in THREADS {
+        let bare = RunningPassThrough::start(threads, upstream);
+        let (main, small, pg) = client.block_on(async {
+            let main = world::gateway(threads, &sqlite.url, 1_000_000, upstream, sim_addr).await;
+            let small =
+                world::gateway(threads, &sqlite.url, plan.small_cache, upstream, sim_addr).await;
+            let pg = match &postgres {
+                Some(db) => {
+                    Some(world::gateway(threads, &db.url, 1_000_000, upstream, sim_addr).await)
+                }
+                None => None,
+            };
+            (main, small, pg)
+        });
+        client.block_on(prime(main.addr, &live, true));
+        client.block_on(prime(main.addr, &plain, false));
+        let scenario =
+            |name, addr, store: Option<&RunningGateway>, expect, make: MakeRequest| Scenario {
+                name,
+                threads,
+                load: Load {
+                    addr,
+                    connections: c,
+                    duration: plan.run,
+                    expect,
+                    make,
+                },
+                workers: if store.is_some() {
+                    "mpapi-worker"
+                } else {
+                    "bare-worker"
+                },
+                store: store.map(|gateway| gateway.state.store.clone()),
+                outcome: Outcome::default(),
+                rounds: Vec::new(),
+                warmup_failed: 0,
+                queries: 0,
+            };
+        let ok = StatusCode::OK;
+        let refused = StatusCode::UNAUTHORIZED;
+        list.push(scenario(
+            "bare pass-through",
+            bare.addr,
+            None,
+            ok,
+            scenarios::app_get(bare.addr, c, live.clone()),
+        ));
+        list.push(scenario(
+            "cached token",
+            main.addr,
+            Some(&main),
+            ok,
+            scenarios::app_get(main.addr, c, live.clone()),
+        ));
+        list.push(scenario(
+            "cached token, no profile",
+            main.addr,
+            Some(&main),
+            ok,
+            scenarios::app_get(main.addr, c, plain.clone()),
+        ));
+        list.push(scenario(
+            "anonymous",
+            main.addr,
+            Some(&main),
+            ok,
+            scenarios::app_get(main.addr, c, Arc::new(Vec::new())),
+        ));
+        list.push(scenario(
+            "guessed tokens (401)",
+            main.addr,
+            Some(&main),
+            refused,
+            scenarios::app_get(main.addr, c, guessed.clone()),
+        ));
+        list.push(scenario(
+            "retired tokens (401)",
+            main.addr,
+            Some(&main),
+            refused,
+            scenarios::app_get(main.addr, c, retired.clone()),
+        ));
+        list.push(scenario(
+            "cache misses",
+            small.addr,
+            Some(&small),
+            ok,
+            scenarios::app_get(small.addr, c, overflow.clone()),
+        ));
+        list.push(scenario(
+            "login (SQLite)",
+            main.addr,
+            Some(&main),
+            ok,
+            scenarios::login(main.addr, simulator.clone(), "sqlt", plan.login_users),
+        ));
+        list.push(scenario(
+            "/credentials",
+            main.addr,
+            Some(&main),
+            ok,
+            scenarios::credentials(main.addr, c, live.clone()),
+        ));
+        list.push(scenario(
+            "/notify enqueue",
+            main.addr,
+            Some(&main),
+            ok,
+            scenarios::notify_enqueue(main.addr, c, live.clone()),
+        ));
+        if let Some(pg) = &pg {
+            list.push(scenario(
+                "login (PostgreSQL)",
+                pg.addr,
+                Some(pg),
+                ok,
+                scenarios::login(pg.addr, simulator.clone(), "pgsql", plan.login_users),
+            ));
+        }
+        bares.push(bare);
+        gateways.extend([main, small]);
+        gateways.extend(pg);
+    }
+    if postgres.is_none() {
+        println!("login (PostgreSQL): skipped, MPAPI_TEST_POSTGRES_URL is not set");
+    }
+    list.retain(|scenario| plan.wants(scenario.name));
+
+    for scenario in &mut list {
+        let warmup = Load {
+            duration: plan.warmup,
+            ..scenario.load.clone()
+        };
+        let before = scenario.store.as_ref().map_or(0, |s| s.query_count());
+        let outcome = client.block_on(generator::run(&warmup));
+        scenario.queries += scenario.store.as_ref().map_or(0, |s| s.query_count()) - before;
+        scenario.warmup_failed += outcome.failed;
+        scenario.outcome.failures.extend(outcome.failures);
+    }
+    for round in 0..plan.rounds {
+        for scenario in &mut list {
+            let before = scenario.store.as_ref().map_or(0, |s| s.query_count());
+            let cpu_before = thread_cpu_us(scenario.workers);
+            let mut outcome = client.block_on(generator::run(&scenario.load));
+            let cpu = thread_cpu_us(scenario.workers) - cpu_before;
+            scenario.queries += scenario.store.as_ref().map_or(0, |s| s.query_count()) - before;
+            println!(
+                "round {}/{}: {:<22} {} thread(s): {:>8.0} req/s, {} failed",
+                round + 1,
+                plan.rounds,
+                scenario.name,
+                scenario.threads,
+                outcome.per_second(),
+                outcome.failed
+            );
+            scenario.rounds.push(Round {
+                per_second: outcome.per_second(),
+                p50_ms: outcome.percentile_ms(50),
+                p99_ms: outcome.percentile_ms(99),
+                cpu_us: cpu as f64 / outcome.answered.max(1) as f64,
+            });
+            outcome.latencies_us = Vec::new();
+            scenario.outcome.merge(outcome);
+        }
+    }
+
+    let rows = rows(&list);
+    println!("\n{}", report::table(&rows));
+    let context = json!({
+        "machine": machine,
+        "connections": plan.connections,
+        "seconds_per_run": plan.run.as_secs_f64(),
+        "rounds": plan.rounds,
+        "live_sessions": plan.live,
+        "overflow_sessions": plan.overflow,
+        "small_cache_capacity": plan.small_cache,
+        "postgres": postgres.is_some(),
+    });
+    // A smoke run's figures (debug build, tiny) must not overwrite a real run's.
+    if bench {
+        // A run of some scenarios only must not overwrite the figures of a whole one.
+        let file = if plan.filter.is_empty() {
+            "load.json"
+        } else {
+            "load-partial.json"
+        };
+        match report::write_json(&rows, context, file) {
+            Ok(path) => println!("written to {}", path.display()),
+            Err(error) => eprintln!("could not write the JSON report: {error}"),
+        }
+        print_targets(&rows);
+    }
+
+    for gateway in gateways {
+        client.block_on(gateway.stop());
+    }
+    for bare in bares {
+        bare.stop();
+    }
+    drop(postgres);
+    drop(sqlite);
+
+    let verdict = verdict(&rows);
+    if !bench {
+        client.block_on(self_test(upstream, sim_addr));
+    }
+    backends.shutdown_timeout(Duration::from_secs(1));
+    if let Err(message) = verdict {
+        eprintln!("\nLOAD BENCH FAILED: {message}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime(name: &str, threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Request every live token once through `gateway`, so the measured runs find them cached,
+/// then check that the upstream receives the identity headers (all five when `full`).
+async fn prime(gateway: SocketAddr, live: &Arc<Vec<String>>, full: bool) {
+    let load = Load {
+        addr: gateway,
+        connections: 1,
+        duration: Duration::from_secs(60),
+        expect: StatusCode::OK,
+        make: scenarios::app_get(gateway, 1, live.clone()),
+    };
+    let outcome = generator::run_count(&load, live.len() as u64).await;
+    assert_eq!(outcome.failed, 0, "priming failed: {:?}", outcome.failures);
+    let mut request = (load.make)(0, 0);
+    request
+        .headers_mut()
+        .insert("x-bench-check", http::HeaderValue::from_static("1"));
+    let (status, body) = generator::fetch(gateway, request).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    for (i, name) in mpapi::gateway::identity::INJECTED.into_iter().enumerate() {
+        let value = seen[name].as_str();
+        assert!(value.is_some(), "{name} was not injected: {seen}");
+        if full || i < 3 {
+            assert!(
+                value.is_some_and(|v| !v.is_empty()),
+                "{name} is empty: {seen}"
+            );
+        }
+    }
+}
+
+/// Each scenario's row: medians over its rounds, and its ratios to the bare pass-through
+/// taken round by round (the two ran seconds apart, under the same machine noise) before the
+/// median is taken.
+fn rows(list: &[Scenario]) -> Vec<Row> {
+    let bare = |threads: usize| {
+        list.iter()
+            .find(|s| s.name == "bare pass-through" && s.threads == threads)
+            .map(|s| &s.rounds)
+    };
+    list.iter()
+        .map(|scenario| {
+            let rounds = &scenario.rounds;
+            let paired = bare(scenario.threads).filter(|b| b.len() == rounds.len());
+            Row {
+                scenario: scenario.name.to_string(),
+                threads: scenario.threads,
+                per_second: median(rounds.iter().map(|r| r.per_second)),
+                p50_ms: median(rounds.iter().map(|r| r.p50_ms)),
+                p99_ms: median(rounds.iter().map(|r| r.p99_ms)),
+                cpu_us: median(rounds.iter().map(|r| r.cpu_us)),
+                ratio: paired.map(|bare| {
+                    median(
+                        rounds
+                            .iter()
+                            .zip(bare)
+                            .map(|(r, b)| r.per_second / b.per_second),
+                    )
+                }),
+                p99_over_bare_ms: paired
+                    .map(|bare| median(rounds.iter().zip(bare).map(|(r, b)| r.p99_ms - b.p99_ms))),
+                answered: scenario.outcome.answered,
+                failed: scenario.outcome.failed + scenario.warmup_failed,
+                failures: scenario.outcome.failures.clone(),
+                store_queries: scenario.store.as_ref().map(|_| scenario.queries),
+                rounds_per_second: rounds.iter().map(|r| r.per_second.round()).collect(),
+            }
+        })
+        .collect()
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// The targets, each said to be met or missed (a miss is reported, not fatal).
+fn print_targets(rows: &[Row]) {
+    println!("targets:");
+    for row in rows {
+        let verdict = match row.scenario.as_str() {
+            "cached token" | "cached token, no profile" => {
+                match (row.ratio, row.p99_over_bare_ms) {
+                    (Some(ratio), Some(over)) => Some((
+                        ratio >= 0.95 && over <= 0.2,
+                        format!(
+                            "≥ 0.95 × bare and p99 ≤ bare + 0.2 ms: {ratio:.3} ×, {over:+.3} ms"
+                        ),
+                    )),
+                    _ => None,
+                }
+            }
+            "guessed tokens (401)" | "retired tokens (401)" => row.ratio.map(|ratio| {
+                (
+                    ratio >= 0.8,
+                    format!(
+                        "≥ 0.8 × bare: {ratio:.3} ×, {} store queries for {} requests",
+                        row.store_queries.unwrap_or(0),
+                        row.answered
+                    ),
+                )
+            }),
+            name if name.starts_with("login") => Some((
+                row.per_second >= 2_000.0,
+                format!("≥ 2,000 logins/s: {:.0}/s", row.per_second),
+            )),
+            _ => None,
+        };
+        if let Some((met, text)) = verdict {
+            let mark = if met { "met   " } else { "MISSED" };
+            println!(
+                "  {mark} {} ({} thread(s)): {text}",
+                row.scenario, row.threads
+            );
+        }
+    }
+}
+
+/// Any failed request fails the run.
+fn verdict(rows: &[Row]) -> Result<(), String> {
+    let failed: Vec<String> = rows
+        .iter()
+        .filter(|row| row.failed > 0)
+        .map(|row| {
+            format!(
+                "{} ({} thread(s)): {} failed, e.g. {:?}",
+                row.scenario, row.threads, row.failed, row.failures
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
+}
+
+/// Not a timing: the generator counts every answer that is not the expected status, and a run
+/// with any such answer fails.
+async fn self_test(upstream: SocketAddr, sim_addr: SocketAddr) {
+    let sqlite = world::Database::sqlite();
+    let gateway = world::gateway(1, &sqlite.url, 100, upstream, sim_addr).await;
+    let load = Load {
+        addr: gateway.addr,
+        connections: 2,
+        duration: Duration::from_millis(200),
+        expect: StatusCode::OK,
+        make: scenarios::unknown_app(gateway.addr),
+    };
+    let mut outcome = generator::run(&load).await;
+    assert!(outcome.failed > 0, "403 answers must count as failures");
+    assert_eq!(outcome.answered, 0);
+    assert!(
+        outcome.failures[0].contains("403"),
+        "{:?}",
+        outcome.failures
+    );
+    let row = Row {
+        scenario: "unknown app".into(),
+        threads: 1,
+        per_second: outcome.per_second(),
+        p50_ms: outcome.percentile_ms(50),
+        p99_ms: outcome.percentile_ms(99),
+        ratio: None,
+        p99_over_bare_ms: None,
+        answered: outcome.answered,
+        failed: outcome.failed,
+        failures: outcome.failures.clone(),
+        store_queries: None,
+        cpu_us: 0.0,
+        rounds_per_second: Vec::new(),
+    };
+    assert!(verdict(&[row]).is_err(), "a run with failures must fail");
+    gateway.stop().await;
+    println!("self-test passed: non-2xx answers are counted and fail the run");
+}

@@ -1,0 +1,113 @@
+//! The bench's output: one table on stdout and the same figures as JSON under `target/`, with
+//! the machine they were measured on.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+/// One scenario's result over its rounds (medians).
+pub struct Row {
+    pub scenario: String,
+    pub threads: usize,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Requests per second relative to the bare pass-through with the same thread count.
+    pub ratio: Option<f64>,
+    /// p99 minus the bare pass-through's p99.
+    pub p99_over_bare_ms: Option<f64>,
+    pub answered: u64,
+    pub failed: u64,
+    pub failures: Vec<String>,
+    /// Store statements executed while the scenario ran (None for the bare proxy).
+    pub store_queries: Option<u64>,
+    /// CPU time of the proxy's worker threads per request, in microseconds.
+    pub cpu_us: f64,
+    /// Requests per second of each round, in order.
+    pub rounds_per_second: Vec<f64>,
+}
+
+/// nproc, CPU model and memory of this machine.
+pub fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0);
+    json!({
+        "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu": cpu,
+        "memory_gib": (mem_kib as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+    })
+}
+
+/// The table, as Markdown (it reads as well in a terminal as in the README).
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| scenario | threads | requests/s | p50 ms | p99 ms | × bare | p99 − bare ms | proxy CPU µs/req | store queries |\n",
+    );
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for row in rows {
+        let ratio = row.ratio.map_or("—".into(), |r| format!("{r:.3}"));
+        let over = row
+            .p99_over_bare_ms
+            .map_or("—".into(), |d| format!("{d:+.3}"));
+        let queries = row.store_queries.map_or("—".into(), |q| q.to_string());
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {} | {} | {:.1} | {} |",
+            row.scenario,
+            row.threads,
+            row.per_second,
+            row.p50_ms,
+            row.p99_ms,
+            ratio,
+            over,
+            row.cpu_us,
+            queries
+        );
+    }
+    out
+}
+
+/// Write the rows and `context` as JSON to `target/mpapi-bench/{file}`; returns where.
+pub fn write_json(rows: &[Row], context: Value, file: &str) -> std::io::Result<PathBuf> {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join("mpapi-bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(file);
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            json!({
+                "scenario": row.scenario,
+                "threads": row.threads,
+                "requests_per_second": row.per_second.round(),
+                "p50_ms": row.p50_ms,
+                "p99_ms": row.p99_ms,
+                "ratio_to_bare": row.ratio,
+                "p99_over_bare_ms": row.p99_over_bare_ms,
+                "answered": row.answered,
+                "failed": row.failed,
+                "failures": row.failures,
+                "store_queries": row.store_queries,
+                "proxy_cpu_us_per_request": row.cpu_us,
+                "rounds_requests_per_second": row.rounds_per_second,
+            })
+        })
+        .collect();
+    let document = json!({ "context": context, "rows": rows });
+    std::fs::write(&path, serde_json::to_string_pretty(&document)?)?;
+    Ok(path)
+}

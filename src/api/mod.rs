@@ -1,0 +1,170 @@
+//! Native endpoints: requests mpapi answers itself, at the paths the original service used.
+//! One file per endpoint; each handler takes the parsed request and returns
+//! `Result<serde_json::Value, ApiError>`, and [`serve`] is the one place that writes either.
+
+mod body;
+mod login;
+mod wxcode;
+// Issue 3, credentials: /credentials and /mobile.
+mod credentials;
+mod mobile;
+mod user_data;
+// Issue 3, messages: called by WeChat and by the help desk, not by the mini program.
+mod message_receive;
+mod message_reply;
+// Issue 3, notify.
+mod notify;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pingora_proxy::Session as HttpSession;
+
+use crate::error::ApiError;
+use crate::gateway::respond;
+use crate::gateway::routing::App;
+use crate::session::Session;
+use crate::state::State;
+pub use body::read_body;
+
+/// What a native endpoint answers on success.
+pub enum Reply {
+    /// The envelope (already built with `ok_data`/`ok_message`).
+    Json(serde_json::Value),
+    /// Raw bytes, such as a mini-program code image.
+    Bytes { content_type: String, body: Bytes },
+}
+
+/// A native endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Login,
+    WxCode,
+    // Issue 3, credentials.
+    Credentials,
+    Mobile,
+    // Issue 3, messages.
+    MessageReceive,
+    MessageReply,
+    // Issue 3, notify: `POST /notify`, `GET|DELETE /notify/{id}`.
+    Notify,
+    NotifyItem(i64),
+}
+
+impl Endpoint {
+    /// The endpoint served at `path`, if any.
+    pub fn from_path(path: &str) -> Option<Self> {
+        match path {
+            "/login" => Some(Self::Login),
+            "/wxcode" => Some(Self::WxCode),
+            // Issue 3, credentials.
+            "/credentials" => Some(Self::Credentials),
+            "/mobile" => Some(Self::Mobile),
+            // Issue 3, messages; `recieve` is the original service's spelling.
+            "/message_receive" | "/message_recieve" => Some(Self::MessageReceive),
+            "/message_reply" => Some(Self::MessageReply),
+            // Issue 3, notify.
+            "/notify" => Some(Self::Notify),
+            _ if path.starts_with("/notify/") => {
+                notify_id(&path["/notify/".len()..]).map(Self::NotifyItem)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Answer a native request completely (success or error envelope).
+pub async fn serve(
+    state: &State,
+    session: &mut HttpSession,
+    endpoint: Endpoint,
+    app: &App,
+) -> pingora::Result<()> {
+    let outcome = match endpoint {
+        Endpoint::Login => login::handle(state, session, app).await.map(Reply::Json),
+        Endpoint::WxCode => wxcode::handle(state, session, app).await,
+        // Issue 3, credentials.
+        Endpoint::Credentials => credentials::handle(state, session, app)
+            .await
+            .map(Reply::Json),
+        Endpoint::Mobile => mobile::handle(state, session, app).await.map(Reply::Json),
+        // Issue 3, messages.
+        Endpoint::MessageReceive => message_receive::handle(state, session, app).await,
+        Endpoint::MessageReply => message_reply::handle(state, session, app)
+            .await
+            .map(Reply::Json),
+        // Issue 3, notify.
+        Endpoint::Notify => notify::create(state, session, app).await.map(Reply::Json),
+        Endpoint::NotifyItem(id) => notify::item(state, session, app, id).await.map(Reply::Json),
+    };
+    match outcome {
+        Ok(Reply::Json(value)) => respond::json(session, 200, &value).await,
+        Ok(Reply::Bytes { content_type, body }) => {
+            respond::write(session, 200, &content_type, body).await
+        }
+        Err(error) => {
+            if error.status() >= 500 {
+                tracing::warn!(endpoint = ?endpoint, appid = %app.config.appid, %error, "native endpoint failed");
+            }
+            respond::error(session, &error).await
+        }
+    }
+}
+
+/// A notification id in a path: a positive decimal number (anything else is not a path of ours).
+fn notify_id(text: &str) -> Option<i64> {
+    if text.is_empty() || text.len() > 18 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok().filter(|id| *id > 0)
+}
+
+/// The caller's session from `User-Token`; `NotLoggedIn` when absent or not live.
+pub async fn require_session(
+    state: &State,
+    session: &HttpSession,
+    app: &App,
+) -> Result<Arc<Session>, ApiError> {
+    let token = session
+        .req_header()
+        .headers
+        .get("user-token")
+        .and_then(|value| value.to_str().ok())
+        .ok_or(ApiError::NotLoggedIn)?;
+    state.sessions.authenticate(&app.config.appid, token).await
+}
+
+/// The common start of a JSON `POST` endpoint for a logged-in user: the method, the session,
+/// then the body parsed as `T` (in that order, so an anonymous caller never gets to send a body
+/// worth parsing).
+pub async fn logged_in_post<T: serde::de::DeserializeOwned>(
+    state: &State,
+    session: &mut HttpSession,
+    app: &App,
+) -> Result<(Arc<Session>, T), ApiError> {
+    require_method(session, &http::Method::POST)?;
+    let user = require_session(state, session, app).await?;
+    let body = read_body(session, state.config.server.body_limit).await?;
+    Ok((user, parse_json(&body)?))
+}
+
+/// Refuse any method but `expected`.
+pub fn require_method(session: &HttpSession, expected: &http::Method) -> Result<(), ApiError> {
+    if session.req_header().method == expected {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed)
+    }
+}
+
+/// Parse a JSON body into `T`, saying what was wrong without echoing the body.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|error| {
+        let what = if error.is_syntax() || error.is_eof() {
+            "body is not valid JSON".to_string()
+        } else {
+            format!("invalid body: {error}")
+        };
+        ApiError::InvalidParam(what)
+    })
+}

@@ -1,0 +1,121 @@
+//! The YAML file as written by an operator: plain serde structs, unknown keys refused.
+//!
+//! Nothing here is trusted yet; [`super::validate`] turns it into the typed model. Key names are
+//! part of mpapi's public interface (the original service's operators already have files), so
+//! renaming a field here is a breaking change.
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub server: ServerSection,
+    pub database: DatabaseSection,
+    #[serde(default)]
+    pub session: SessionSection,
+    pub wechat: WechatSection,
+    pub apps: Vec<AppSection>,
+    #[serde(default)]
+    pub notify: NotifySection,
+    #[serde(default)]
+    pub dev: Option<DevSection>,
+}
+
+/// `server:` — the listening side of the gateway.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub listen: String,
+    pub threads: Option<usize>,
+    /// Largest request body a native endpoint accepts, in bytes.
+    pub body_limit: Option<usize>,
+    pub upstream_connect_timeout_ms: Option<u64>,
+    pub upstream_read_timeout_ms: Option<u64>,
+    pub health_check_interval_seconds: Option<u64>,
+}
+
+/// `database:` — where users and sessions live.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    pub url: String,
+    pub max_connections: Option<u32>,
+    pub acquire_timeout_ms: Option<u64>,
+}
+
+/// `session:` — token lifetime and the cache in front of the store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSection {
+    pub ttl_seconds: Option<u64>,
+    pub extend_interval_seconds: Option<u64>,
+    pub cache_capacity: Option<u64>,
+    pub cache_ttl_seconds: Option<u64>,
+    pub negative_cache_seconds: Option<u64>,
+    pub token_key: Option<String>,
+}
+
+/// `wechat:` — how mpapi reaches WeChat's server API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WechatSection {
+    pub api_base: String,
+    pub timeout_ms: Option<u64>,
+}
+
+/// One entry of `apps:` — a mini program and the backends behind it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSection {
+    pub appid: String,
+    pub secret: String,
+    pub upstreams: Vec<String>,
+    pub host_token: Option<String>,
+    #[serde(default)]
+    pub require_login: bool,
+    /// `stable` (default) or `classic` access tokens.
+    pub token_mode: Option<String>,
+    /// IANA time zone of `active_at` in `/notify` (default Asia/Shanghai).
+    pub timezone: Option<String>,
+    /// Customer-service message push settings.
+    pub messages: Option<MessagesSection>,
+}
+
+/// `apps[].messages:` — customer-service messages pushed by WeChat and replies to them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesSection {
+    /// The push Token set in the mini-program console.
+    pub token: String,
+    /// The 43-character EncodingAESKey (safe and compatible modes).
+    pub aes_key: Option<String>,
+    /// Where received messages are forwarded.
+    pub forward_url: Option<String>,
+    /// Sent to `forward_url` as `Authorization`.
+    pub forward_token: Option<String>,
+    /// Callers of `/message_reply` must send it as `Authorization`.
+    pub reply_token: Option<String>,
+}
+
+/// `notify:` — the subscribe-message dispatcher.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySection {
+    pub poll_interval_ms: Option<u64>,
+    pub batch_size: Option<u32>,
+    pub concurrency: Option<usize>,
+    pub max_attempts: Option<u32>,
+    pub retry_backoff_seconds: Option<u64>,
+    pub lease_seconds: Option<u64>,
+}
+
+/// `dev:` — side services started in-process for local development and demos.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevSection {
+    /// Start the built-in WeChat simulator on this address.
+    pub simulator: Option<String>,
+    /// Start an echo upstream on this address (answers with what it received).
+    pub echo_upstream: Option<String>,
+}

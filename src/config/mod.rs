@@ -1,0 +1,491 @@
+//! Configuration: the YAML file ([`file`]) is read, `${VAR}`s are expanded ([`env`]), and one
+//! validation pass turns it into [`Config`], the typed model the rest of mpapi trusts. Every
+//! error names the key it is about (`apps[2].upstreams[0]: not a URL`), and nothing panics.
+
+mod env;
+pub mod file;
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::types::Secret;
+use file::{AppSection, FileConfig};
+
+/// A configuration problem, with the key it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn at(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub session: SessionConfig,
+    pub wechat: WechatConfig,
+    pub apps: Vec<AppConfig>,
+    pub notify: NotifyConfig,
+    pub dev: DevConfig,
+}
+
+/// The subscribe-message dispatcher.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    /// How often each node looks for due notifications.
+    pub poll_interval: Duration,
+    /// Most notifications claimed per poll.
+    pub batch_size: u32,
+    /// Most sends in flight at once per node.
+    pub concurrency: usize,
+    /// Attempts before a transient failure becomes final.
+    pub max_attempts: u32,
+    /// First retry delay; doubled at each attempt.
+    pub retry_backoff: Duration,
+    /// How long a claim holds a notification; an expired claim returns it to pending.
+    pub lease: Duration,
+}
+
+/// How an app obtains its access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenMode {
+    /// `cgi-bin/stable_token`: every caller gets the same token while it is valid.
+    Stable,
+    /// `cgi-bin/token`: every fetch issues a new token and retires the previous one.
+    Classic,
+}
+
+/// Customer-service message settings of one app.
+#[derive(Debug, Clone)]
+pub struct MessagesConfig {
+    pub token: Secret,
+    pub aes_key: Option<Secret>,
+    pub forward_url: Option<Url>,
+    pub forward_token: Option<Secret>,
+    pub reply_token: Option<Secret>,
+}
+
+/// Listening side of the gateway.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub body_limit: usize,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_read_timeout: Duration,
+    pub health_check_interval: Duration,
+}
+
+/// The store's connection settings.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// May carry a password, hence a [`Secret`].
+    pub url: Secret,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+/// Token lifetime and cache sizing.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// How long a token lives after its last use.
+    pub ttl: Duration,
+    /// Minimum time between two writes of one session's sliding expiry.
+    pub extend_interval: Duration,
+    /// Most sessions held in memory.
+    pub cache_capacity: u64,
+    /// How long a cached session is trusted before it is read again from the store; bounds how
+    /// long another node's logout or profile change takes to be seen here.
+    pub cache_ttl: Duration,
+    /// How long a token the store does not know is remembered as unknown.
+    pub negative_cache_ttl: Duration,
+    /// Key that signs issued tokens; `None` means "generate one and share it through the store".
+    pub token_key: Option<Secret>,
+}
+
+/// How to reach WeChat.
+#[derive(Debug, Clone)]
+pub struct WechatConfig {
+    pub api_base: Url,
+    pub timeout: Duration,
+}
+
+/// One mini program.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub appid: String,
+    pub secret: Secret,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub host_token: Option<Secret>,
+    pub require_login: bool,
+    pub token_mode: TokenMode,
+    pub timezone: chrono_tz::Tz,
+    pub messages: Option<MessagesConfig>,
+}
+
+/// One backend base URL, resolved once at start.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub url: Url,
+    pub addr: SocketAddr,
+    /// `Host` sent upstream: the URL's host, with the port when it is not 80.
+    pub host_header: String,
+    /// Path the `/app` prefix is replaced with, without a trailing `/` (may be empty).
+    pub path_prefix: String,
+}
+
+/// Side services for local development.
+#[derive(Debug, Clone, Default)]
+pub struct DevConfig {
+    pub simulator: Option<SocketAddr>,
+    pub echo_upstream: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Read, expand and validate the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::at(path.display().to_string(), e.to_string()))?;
+        Self::parse(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parse YAML text; `lookup` answers `${VAR}` references.
+    pub fn parse(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut tree: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::at("(file)", e.to_string()))?;
+        env::expand_tree(&mut tree, "", lookup)?;
+        // Deserialize from text again (not from the tree) so serde_yaml's errors carry the path
+        // of the offending key.
+        let expanded =
+            serde_yaml::to_string(&tree).map_err(|e| ConfigError::at("(file)", e.to_string()))?;
+        let file: FileConfig = serde_yaml::from_str(&expanded).map_err(yaml_error)?;
+        validate(file)
+    }
+
+    /// The app registered under `appid`.
+    pub fn app(&self, appid: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|app| app.appid == appid)
+    }
+}
+
+fn yaml_error(error: serde_yaml::Error) -> ConfigError {
+    // serde_yaml writes "path: problem at line L column C"; keep its path as the key.
+    let text = error.to_string();
+    match text.split_once(": ") {
+        Some((key, problem)) if !key.contains(' ') => ConfigError::at(key, problem),
+        _ => ConfigError::at("(file)", text),
+    }
+}
+
+/// Turn the file model into the typed model, refusing anything that would fail later.
+fn validate(file: FileConfig) -> Result<Config, ConfigError> {
+    let server = ServerConfig {
+        listen: socket_addr("server.listen", &file.server.listen)?,
+        threads: positive("server.threads", file.server.threads.unwrap_or(2))?,
+        body_limit: positive(
+            "server.body_limit",
+            file.server.body_limit.unwrap_or(1 << 20),
+        )?,
+        upstream_connect_timeout: millis(file.server.upstream_connect_timeout_ms, 2_000),
+        upstream_read_timeout: millis(file.server.upstream_read_timeout_ms, 30_000),
+        health_check_interval: Duration::from_secs(
+            file.server
+                .health_check_interval_seconds
+                .unwrap_or(5)
+                .max(1),
+        ),
+    };
+    let database = DatabaseConfig {
+        url: database_url(&file.database.url)?,
+        max_connections: positive(
+            "database.max_connections",
+            file.database.max_connections.unwrap_or(16),
+        )?,
+        acquire_timeout: millis(file.database.acquire_timeout_ms, 3_000),
+    };
+    let s = &file.session;
+    let session = SessionConfig {
+        ttl: Duration::from_secs(positive(
+            "session.ttl_seconds",
+            s.ttl_seconds.unwrap_or(7 * 86_400),
+        )?),
+        extend_interval: Duration::from_secs(s.extend_interval_seconds.unwrap_or(3_600)),
+        cache_capacity: positive(
+            "session.cache_capacity",
+            s.cache_capacity.unwrap_or(1_000_000),
+        )?,
+        cache_ttl: Duration::from_secs(positive(
+            "session.cache_ttl_seconds",
+            s.cache_ttl_seconds.unwrap_or(300),
+        )?),
+        negative_cache_ttl: Duration::from_secs(s.negative_cache_seconds.unwrap_or(10)),
+        token_key: match &s.token_key {
+            Some(key) if key.len() < 32 => {
+                return Err(ConfigError::at(
+                    "session.token_key",
+                    "must be at least 32 characters",
+                ));
+            }
+            key => key.clone().map(Secret::new),
+        },
+    };
+    let mut api_base = http_url("wechat.api_base", &file.wechat.api_base, true)?;
+    if !api_base.path().ends_with('/') {
+        // Url::join replaces the last segment of a path without a trailing slash.
+        let path = format!("{}/", api_base.path());
+        api_base.set_path(&path);
+    }
+    let wechat = WechatConfig {
+        api_base,
+        timeout: millis(file.wechat.timeout_ms, 5_000),
+    };
+    if file.apps.is_empty() {
+        return Err(ConfigError::at("apps", "at least one app is required"));
+    }
+    let mut seen = HashSet::new();
+    let mut apps = Vec::with_capacity(file.apps.len());
+    for (index, app) in file.apps.into_iter().enumerate() {
+        let key = format!("apps[{index}]");
+        if !seen.insert(app.appid.clone()) {
+            return Err(ConfigError::at(format!("{key}.appid"), "duplicate appid"));
+        }
+        apps.push(validate_app(&key, app)?);
+    }
+    let n = &file.notify;
+    let notify = NotifyConfig {
+        poll_interval: millis(n.poll_interval_ms, 1_000),
+        batch_size: positive("notify.batch_size", n.batch_size.unwrap_or(32))?,
+        concurrency: positive("notify.concurrency", n.concurrency.unwrap_or(8))?,
+        max_attempts: positive("notify.max_attempts", n.max_attempts.unwrap_or(5))?,
+        retry_backoff: Duration::from_secs(n.retry_backoff_seconds.unwrap_or(30)),
+        lease: Duration::from_secs(positive(
+            "notify.lease_seconds",
+            n.lease_seconds.unwrap_or(60),
+        )?),
+    };
+    let dev = match file.dev {
+        None => DevConfig::default(),
+        Some(dev) => DevConfig {
+            simulator: dev
+                .simulator
+                .map(|a| socket_addr("dev.simulator", &a))
+                .transpose()?,
+            echo_upstream: dev
+                .echo_upstream
+                .map(|a| socket_addr("dev.echo_upstream", &a))
+                .transpose()?,
+        },
+    };
+    Ok(Config {
+        server,
+        database,
+        session,
+        wechat,
+        apps,
+        notify,
+        dev,
+    })
+}
+
+fn validate_app(key: &str, app: AppSection) -> Result<AppConfig, ConfigError> {
+    let appid_ok = !app.appid.is_empty()
+        && app.appid.len() <= 64
+        && app
+            .appid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !appid_ok {
+        return Err(ConfigError::at(
+            format!("{key}.appid"),
+            "must be 1-64 letters, digits, '_' or '-'",
+        ));
+    }
+    if app.secret.trim().is_empty() {
+        return Err(ConfigError::at(format!("{key}.secret"), "missing secret"));
+    }
+    if app.upstreams.is_empty() {
+        return Err(ConfigError::at(
+            format!("{key}.upstreams"),
+            "at least one upstream is required",
+        ));
+    }
+    let upstreams = app
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| upstream(&format!("{key}.upstreams[{i}]"), raw))
+        .collect::<Result<Vec<_>, _>>()?;
+    let host_token = match app.host_token {
+        Some(token) if token.is_empty() => {
+            return Err(ConfigError::at(
+                format!("{key}.host_token"),
+                "empty; remove the key instead",
+            ));
+        }
+        Some(token) => {
+            http::HeaderValue::from_str(&token).map_err(|_| {
+                ConfigError::at(format!("{key}.host_token"), "not a valid header value")
+            })?;
+            Some(Secret::new(token))
+        }
+        None => None,
+    };
+    let token_mode = match app.token_mode.as_deref() {
+        None | Some("stable") => TokenMode::Stable,
+        Some("classic") => TokenMode::Classic,
+        Some(other) => {
+            return Err(ConfigError::at(
+                format!("{key}.token_mode"),
+                format!("{other}: use stable or classic"),
+            ));
+        }
+    };
+    let timezone = match app.timezone.as_deref() {
+        None => chrono_tz::Asia::Shanghai,
+        Some(name) => name.parse().map_err(|_| {
+            ConfigError::at(
+                format!("{key}.timezone"),
+                format!("unknown time zone {name}"),
+            )
+        })?,
+    };
+    let messages = app
+        .messages
+        .map(|m| validate_messages(&format!("{key}.messages"), m))
+        .transpose()?;
+    Ok(AppConfig {
+        appid: app.appid,
+        secret: Secret::new(app.secret),
+        upstreams,
+        host_token,
+        require_login: app.require_login,
+        token_mode,
+        timezone,
+        messages,
+    })
+}
+
+fn validate_messages(key: &str, m: file::MessagesSection) -> Result<MessagesConfig, ConfigError> {
+    if m.token.is_empty() {
+        return Err(ConfigError::at(format!("{key}.token"), "missing token"));
+    }
+    if m.aes_key.as_ref().is_some_and(|k| k.len() != 43) {
+        return Err(ConfigError::at(
+            format!("{key}.aes_key"),
+            "must be the 43-character EncodingAESKey",
+        ));
+    }
+    if let Some(aes_key) = &m.aes_key
+        && crate::wechat::crypto::PushCipher::new(aes_key).is_err()
+    {
+        return Err(ConfigError::at(
+            format!("{key}.aes_key"),
+            "not a valid EncodingAESKey (base64)",
+        ));
+    }
+    if let Some(token) = &m.forward_token
+        && http::HeaderValue::from_str(token).is_err()
+    {
+        return Err(ConfigError::at(
+            format!("{key}.forward_token"),
+            "not a valid header value",
+        ));
+    }
+    let forward_url = m
+        .forward_url
+        .map(|url| http_url(&format!("{key}.forward_url"), &url, true))
+        .transpose()?;
+    Ok(MessagesConfig {
+        token: Secret::new(m.token),
+        aes_key: m.aes_key.map(Secret::new),
+        forward_url,
+        forward_token: m.forward_token.map(Secret::new),
+        reply_token: m.reply_token.map(Secret::new),
+    })
+}
+
+fn upstream(key: &str, raw: &str) -> Result<UpstreamConfig, ConfigError> {
+    let url = http_url(key, raw, false)?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::at(key, "a base URL has no query or fragment"));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| ConfigError::at(key, "no host"))?;
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addr = (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| ConfigError::at(key, format!("cannot resolve host {host}")))?;
+    let host_header = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    let path_prefix = url.path().trim_end_matches('/').to_string();
+    Ok(UpstreamConfig {
+        url,
+        addr,
+        host_header,
+        path_prefix,
+    })
+}
+
+fn http_url(key: &str, raw: &str, allow_https: bool) -> Result<Url, ConfigError> {
+    let url = Url::parse(raw).map_err(|e| ConfigError::at(key, format!("not a URL ({e})")))?;
+    match url.scheme() {
+        "http" => Ok(url),
+        "https" if allow_https => Ok(url),
+        "https" => Err(ConfigError::at(
+            key,
+            "https upstreams are not supported by this build; use http",
+        )),
+        other => Err(ConfigError::at(key, format!("unsupported scheme {other}"))),
+    }
+}
+
+fn database_url(raw: &str) -> Result<Secret, ConfigError> {
+    let known = ["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"];
+    if known.iter().any(|scheme| raw.starts_with(scheme)) {
+        Ok(Secret::new(raw))
+    } else {
+        Err(ConfigError::at(
+            "database.url",
+            "must start with sqlite:, postgres: or mysql:",
+        ))
+    }
+}
+
+fn socket_addr(key: &str, raw: &str) -> Result<SocketAddr, ConfigError> {
+    raw.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| ConfigError::at(key, format!("not a host:port address: {raw}")))
+}
+
+fn positive<T: PartialOrd + Default>(key: &str, value: T) -> Result<T, ConfigError> {
+    if value > T::default() {
+        Ok(value)
+    } else {
+        Err(ConfigError::at(key, "must be greater than zero"))
+    }
+}
+
+fn millis(value: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(value.unwrap_or(default).max(1))
+}

@@ -1,0 +1,17 @@
+//! Per-request state, filled phase by phase so that no later phase re-parses a header.
+
+use std::sync::Arc;
+
+use super::routing::{App, Upstream};
+use crate::session::Session;
+
+/// What the gateway learnt about one request.
+#[derive(Default)]
+pub struct RequestCtx {
+    /// The app named by `User-App` (or `?appid=`).
+    pub app: Option<Arc<App>>,
+    /// The caller's session; `None` for anonymous requests.
+    pub session: Option<Arc<Session>>,
+    /// The upstream chosen for this request.
+    pub upstream: Option<Arc<Upstream>>,
+}

@@ -1,0 +1,209 @@
+//! The gateway: mpapi's one `ProxyHttp` implementation. Each phase is a few lines that call the
+//! module named for the job; per-request facts live in [`RequestCtx`].
+//!
+//! ```text
+//! request_filter           route the path; resolve the app (User-App or ?appid=);
+//!                          native endpoint → answer here (api::serve), done;
+//!                          /app/*          → authenticate User-Token (session), continue
+//! upstream_peer            next healthy upstream of the app (routing)
+//! upstream_request_filter  strip client identity, inject the session's, rewrite path,
+//!                          Host and Authorization (identity, routing)
+//! fail_to_proxy            any failure → the JSON envelope (respond)
+//! ```
+
+pub mod ctx;
+pub mod identity;
+pub mod respond;
+pub mod routing;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::http::RequestHeader;
+use pingora::prelude::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session as HttpSession};
+
+use crate::api::{self, Endpoint};
+use crate::error::ApiError;
+use crate::session::Session;
+use crate::state::State;
+pub use ctx::RequestCtx;
+use routing::App;
+
+/// How a request path is served.
+enum Route {
+    /// `/app` and below: proxied to the app's upstreams.
+    Proxy,
+    /// Answered by mpapi itself.
+    Native(Endpoint),
+}
+
+impl Route {
+    fn of(path: &str) -> Option<Self> {
+        if path == "/app" || path.starts_with("/app/") {
+            Some(Self::Proxy)
+        } else {
+            Endpoint::from_path(path).map(Self::Native)
+        }
+    }
+}
+
+/// The proxy.
+pub struct Gateway {
+    pub state: Arc<State>,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut HttpSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let Some(route) = Route::of(session.req_header().uri.path()) else {
+            respond::error(session, &ApiError::NotFound).await?;
+            return Ok(true);
+        };
+        let Some(app) = self.resolve_app(session.req_header()) else {
+            respond::error(session, &ApiError::AppNotAllowed).await?;
+            return Ok(true);
+        };
+        match route {
+            Route::Native(endpoint) => {
+                api::serve(&self.state, session, endpoint, &app).await?;
+                Ok(true)
+            }
+            Route::Proxy => match self.authenticate(session.req_header(), &app).await {
+                Ok(user) => {
+                    ctx.session = user;
+                    ctx.app = Some(app);
+                    Ok(false)
+                }
+                Err(error) => {
+                    respond::error(session, &error).await?;
+                    Ok(true)
+                }
+            },
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut HttpSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let upstream = ctx
+            .app
+            .as_ref()
+            .and_then(|app| app.pick_upstream())
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no healthy upstream"))?;
+        let server = &self.state.config.server;
+        let mut peer = HttpPeer::new(upstream.config.addr, false, String::new());
+        peer.options.connection_timeout = Some(server.upstream_connect_timeout);
+        peer.options.read_timeout = Some(server.upstream_read_timeout);
+        peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        ctx.upstream = Some(upstream);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut HttpSession,
+        request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        identity::strip_client_identity(request);
+        if let Some(user) = &ctx.session {
+            identity::inject(request, &user.identity)?;
+        }
+        if let Some(upstream) = &ctx.upstream {
+            let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
+            let rewritten = routing::upstream_path(&upstream.config.path_prefix, path);
+            let uri = rewritten
+                .parse()
+                .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad request path"))?;
+            request.set_uri(uri);
+            request.insert_header(http::header::HOST, upstream.host.clone())?;
+        }
+        if let Some(authorization) = ctx.app.as_ref().and_then(|app| app.authorization.clone()) {
+            request.insert_header(http::header::AUTHORIZATION, authorization)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut HttpSession,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let error = match (e.etype(), e.esource()) {
+            (ErrorType::HTTPStatus(503), _) => ApiError::UpstreamUnavailable(e.to_string()),
+            (ErrorType::HTTPStatus(400), _) => ApiError::InvalidParam("malformed request".into()),
+            (ErrorType::HTTPStatus(413), _) => ApiError::PayloadTooLarge(0),
+            (_, ErrorSource::Upstream) => ApiError::UpstreamUnavailable(e.to_string()),
+            (
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+                ErrorSource::Downstream,
+            ) => {
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
+            (_, ErrorSource::Downstream) => ApiError::InvalidParam("malformed request".into()),
+            _ => ApiError::UpstreamUnavailable(e.to_string()),
+        };
+        tracing::warn!(error = %e, status = error.status(), "request failed");
+        let mut status = error.status();
+        if let Err(write_error) = respond::error(session, &error).await {
+            tracing::debug!(error = %write_error, "could not write the error response");
+            status = 0;
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+impl Gateway {
+    /// The app named by `User-App`, or by `?appid=` when the header is absent.
+    fn resolve_app(&self, request: &RequestHeader) -> Option<Arc<App>> {
+        if let Some(value) = request.headers.get("user-app") {
+            return self.state.apps.get(value.to_str().ok()?).cloned();
+        }
+        let query = request.uri.query()?;
+        let (_, appid) =
+            url::form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "appid")?;
+        self.state.apps.get(&appid).cloned()
+    }
+
+    /// The session of `User-Token`; anonymous (`None`) when absent, unless the app requires login.
+    async fn authenticate(
+        &self,
+        request: &RequestHeader,
+        app: &App,
+    ) -> std::result::Result<Option<Arc<Session>>, ApiError> {
+        match request.headers.get("user-token") {
+            Some(token) => {
+                let token = token.to_str().map_err(|_| ApiError::NotLoggedIn)?;
+                let session = self
+                    .state
+                    .sessions
+                    .authenticate(&app.config.appid, token)
+                    .await?;
+                Ok(Some(session))
+            }
+            None if app.config.require_login => Err(ApiError::NotLoggedIn),
+            None => Ok(None),
+        }
+    }
+}

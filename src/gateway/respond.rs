@@ -1,0 +1,50 @@
+//! Responses written by mpapi itself. Each carries `Content-Length` (without it a client waits
+//! for the connection to close) and is written directly rather than through
+//! `respond_error`, which would close a keep-alive connection on every 401.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora_proxy::Session;
+
+use crate::error::ApiError;
+
+/// Write a complete response.
+pub async fn write(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(status, Some(4))?;
+    header.insert_header("Content-Type", content_type)?;
+    header.insert_header("Content-Length", body.len().to_string())?;
+    header.insert_header("Cache-Control", "no-store")?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// Write a JSON value with `status`.
+pub async fn json(
+    session: &mut Session,
+    status: u16,
+    value: &serde_json::Value,
+) -> pingora::Result<()> {
+    write(
+        session,
+        status,
+        "application/json",
+        Bytes::from(value.to_string()),
+    )
+    .await
+}
+
+/// Write an error envelope. A 413 also closes the connection: the unread body cannot be
+/// skipped safely.
+pub async fn error(session: &mut Session, error: &ApiError) -> pingora::Result<()> {
+    if matches!(error, ApiError::PayloadTooLarge(_)) {
+        session.set_keepalive(None);
+    }
+    write(session, error.status(), "application/json", error.body()).await
+}

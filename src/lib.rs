@@ -1,0 +1,34 @@
+//! mpapi — the server side of WeChat mini programs, as a Pingora reverse proxy.
+//!
+//! # Map
+//! - [`config`]: the YAML file, validated once into a typed model.
+//! - [`server`]: starts a gateway on a bound listener; used by `main`, tests and benches.
+//! - [`gateway`]: the `ProxyHttp` implementation — the request path.
+//! - [`session`]: tokens, the session cache, sliding expiry — the hot path's other half.
+//! - [`store`]: users and sessions in SQLite, PostgreSQL or MySQL (sqlx, migrated at start).
+//! - [`api`]: native endpoints answered by mpapi itself (`/login`, …).
+//! - [`messages`]: customer-service messages pushed by WeChat, forwarded to help desks.
+//! - [`wechat`]: the client of WeChat's server API, and its crypto.
+//! - [`notify`]: subscribe messages queued by `/notify`, sent by a background dispatcher.
+//! - [`sim`]: a WeChat simulator (and an echo upstream) for tests and local development.
+//! - [`error`]: the request layer's one error type and its JSON envelope.
+//!
+//! # The life of one request
+//! `request_filter` routes the path. A native path is answered there and then. `/app/…` names
+//! its app by `User-App` (or `?appid=`), its `User-Token` is checked against the session cache
+//! (the store only on a miss), and the request goes to the app's next healthy upstream with
+//! client-sent identity headers stripped and the session's own injected.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod messages;
+pub mod notify;
+pub mod server;
+pub mod session;
+pub mod sim;
+pub mod state;
+pub mod store;
+pub mod types;
+pub mod wechat;

@@ -1,0 +1,116 @@
+//! The configuration file: the shipped examples parse, and every mistake names its key.
+
+use std::process::Command;
+
+use mpapi::config::Config;
+
+fn parse(yaml: &str) -> Result<Config, String> {
+    Config::parse(yaml, &|name| {
+        (name == "SET").then(|| "from-env".to_string())
+    })
+    .map_err(|e| e.to_string())
+}
+
+const VALID: &str = r#"
+server: { listen: "127.0.0.1:0" }
+database: { url: "sqlite://x.db?mode=rwc" }
+wechat: { api_base: "https://api.weixin.qq.com" }
+apps:
+  - appid: "wx1"
+    secret: "${SET}"
+    upstreams: ["http://127.0.0.1:9000/api"]
+"#;
+
+#[test]
+fn a_minimal_file_parses_with_defaults_and_expands_variables() {
+    let config = parse(VALID).unwrap();
+    assert_eq!(config.apps[0].secret.expose(), "from-env");
+    assert_eq!(config.server.body_limit, 1 << 20);
+    assert_eq!(config.session.ttl.as_secs(), 7 * 86_400);
+    assert_eq!(config.apps[0].upstreams[0].path_prefix, "/api");
+}
+
+#[test]
+fn every_mistake_names_its_key() {
+    let cases = [
+        (
+            VALID.replace("appid: \"wx1\"", "appid: \"wx1\"\n    colour: blue"),
+            "apps[0]",
+            "unknown field",
+        ),
+        (
+            VALID.replace("${SET}", ""),
+            "apps[0].secret",
+            "missing secret",
+        ),
+        (
+            VALID.replace("${SET}", "${UNSET}"),
+            "apps[0].secret",
+            "UNSET is not set",
+        ),
+        (
+            VALID.replace("http://127.0.0.1:9000/api", "not a url"),
+            "apps[0].upstreams[0]",
+            "not a URL",
+        ),
+        (
+            VALID.replace("sqlite://x.db?mode=rwc", "redis://x"),
+            "database.url",
+            "must start with",
+        ),
+        (
+            VALID.replace("127.0.0.1:0", "nowhere"),
+            "server.listen",
+            "host:port",
+        ),
+    ];
+    for (yaml, key, problem) in cases {
+        let error = parse(&yaml).unwrap_err();
+        assert!(
+            error.starts_with(key) && error.contains(problem),
+            "expected {key}: {problem}, got {error}"
+        );
+    }
+}
+
+#[test]
+fn the_shipped_configuration_files_are_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in ["conf/mpapi.yaml", "conf/dev.yaml"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        Config::parse(&text, &|_| Some("from-env".to_string()))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+}
+
+#[test]
+fn dash_t_validates_and_refuses_a_bad_file_with_its_key() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let ok = Command::new(env!("CARGO_BIN_EXE_mpapi"))
+        .args(["-t", "-c", &format!("{root}/conf/dev.yaml")])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let dir = std::env::temp_dir().join(format!("mpapi-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, VALID.replace("${SET}", "${MPAPI_SURELY_UNSET_VAR}")).unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_mpapi"))
+        .args(["-t", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("apps[0].secret") && stderr.contains("MPAPI_SURELY_UNSET_VAR"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}

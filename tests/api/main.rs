@@ -1,0 +1,21 @@
+//! Integration tests: every test drives a real gateway over HTTP, with a real database, the
+//! WeChat simulator over real HTTP and a real echo upstream. One binary, to link once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod bad_input;
+mod config;
+mod credentials;
+mod login;
+mod mobile;
+// Issue 3, messages.
+mod helpdesk;
+mod message_reply;
+mod messages;
+// Issue 3, notify.
+mod notify;
+mod proxy;
+mod resilience;
+mod sessions;
+mod wxcode;

@@ -16,6 +16,7 @@
 //! short smoke run of every scenario, plus a check that the generator counts non-2xx answers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod dispatch;
 mod generator;
 mod passthrough;
 mod report;
@@ -49,6 +50,9 @@ struct Plan {
     small_cache: u64,
     /// Distinct users in a login storm.
     login_users: u64,
+    /// Notifications the dispatcher sends in its run, and the users they are addressed to.
+    dispatch_count: u64,
+    dispatch_users: usize,
     filter: Vec<String>,
 }
 
@@ -63,6 +67,8 @@ impl Plan {
             overflow: 20_000,
             small_cache: 1_000,
             login_users: 50_000,
+            dispatch_count: 2_000,
+            dispatch_users: 100,
             filter: std::env::args()
                 .skip(1)
                 .filter(|arg| !arg.starts_with("--"))
@@ -80,6 +86,8 @@ impl Plan {
             overflow: 200,
             small_cache: 20,
             login_users: 100,
+            dispatch_count: 20,
+            dispatch_users: 5,
             filter: Vec::new(),
         }
     }
@@ -380,7 +388,15 @@ fn main() {
         }
     }
 
-    let rows = rows(&list);
+    let mut rows = rows(&list);
+    rows.extend(dispatcher_rows(
+        &plan,
+        &client,
+        postgres_url.as_deref(),
+        upstream,
+        sim_addr,
+        &simulator,
+    ));
     println!("\n{}", report::table(&rows));
     let context = json!({
         "machine": machine,
@@ -464,6 +480,77 @@ async fn prime(gateway: SocketAddr, live: &Arc<Vec<String>>, full: bool) {
                 "{name} is empty: {seen}"
             );
         }
+    }
+}
+
+/// The dispatcher's runs, one per database and thread count, each on a gateway and database of
+/// its own (every gateway's dispatcher sends what is due in its database), after the rounds so
+/// that no send competes with a measured scenario.
+fn dispatcher_rows(
+    plan: &Plan,
+    client: &tokio::runtime::Runtime,
+    postgres_url: Option<&str>,
+    upstream: SocketAddr,
+    sim_addr: SocketAddr,
+    simulator: &Arc<mpapi::sim::Simulator>,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for threads in THREADS {
+        for (name, admin_url) in [
+            ("dispatcher sends (SQLite)", None),
+            ("dispatcher sends (PostgreSQL)", postgres_url),
+        ] {
+            if !plan.wants(name) || (name.contains("PostgreSQL") && admin_url.is_none()) {
+                continue;
+            }
+            let run = client.block_on(async {
+                let database = match admin_url {
+                    Some(url) => world::Database::postgres(url).await,
+                    None => world::Database::sqlite(),
+                };
+                let gateway =
+                    world::gateway(threads, &database.url, 1_000_000, upstream, sim_addr).await;
+                let prefix = if admin_url.is_some() { "dpg" } else { "dsq" };
+                let run = dispatch::measure(
+                    &gateway,
+                    simulator,
+                    prefix,
+                    plan.dispatch_users,
+                    plan.dispatch_count,
+                    || thread_cpu_us("mpapi-worker"),
+                )
+                .await;
+                gateway.stop().await;
+                drop(database);
+                run
+            });
+            rows.push(dispatch_row(name, threads, run));
+        }
+    }
+    rows
+}
+
+/// The row of one dispatcher run: sends per second, no latency percentiles (sends are not
+/// answers to the bench's requests).
+fn dispatch_row(name: &str, threads: usize, run: dispatch::Dispatched) -> Row {
+    println!(
+        "dispatch: {name:<30} {threads} thread(s): {:>8.0} sends/s, {} sent",
+        run.per_second, run.sent
+    );
+    Row {
+        scenario: name.to_string(),
+        threads,
+        per_second: run.per_second,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        ratio: None,
+        p99_over_bare_ms: None,
+        answered: run.sent,
+        failed: run.failures.len() as u64,
+        failures: run.failures,
+        store_queries: Some(run.queries),
+        cpu_us: run.cpu_us,
+        rounds_per_second: vec![run.per_second.round()],
     }
 }
 

@@ -64,12 +64,12 @@ pub fn table(rows: &[Row]) -> String {
         let queries = row.store_queries.map_or("—".into(), |q| q.to_string());
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.3} | {:.3} | {} | {} | {:.1} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {:.1} | {} |",
             row.scenario,
             row.threads,
             row.per_second,
-            row.p50_ms,
-            row.p99_ms,
+            millis(row.p50_ms),
+            millis(row.p99_ms),
             ratio,
             over,
             row.cpu_us,
@@ -110,4 +110,13 @@ pub fn write_json(rows: &[Row], context: Value, file: &str) -> std::io::Result<P
     let document = json!({ "context": context, "rows": rows });
     std::fs::write(&path, serde_json::to_string_pretty(&document)?)?;
     Ok(path)
+}
+
+/// A latency in milliseconds, or a dash for a row that has none.
+fn millis(ms: f64) -> String {
+    if ms.is_finite() {
+        format!("{ms:.3}")
+    } else {
+        "—".into()
+    }
 }

@@ -177,11 +177,21 @@ pub fn notify_enqueue(
     connections: usize,
     tokens: Arc<Vec<String>>,
 ) -> MakeRequest {
+    notify_at(addr, connections, tokens, "2099-01-01 09:00:00")
+}
+
+/// POST `/notify`: a subscribe message due at `active_at` (the app's time zone).
+pub fn notify_at(
+    addr: SocketAddr,
+    connections: usize,
+    tokens: Arc<Vec<String>>,
+    active_at: &str,
+) -> MakeRequest {
     let body = serde_json::json!({
         "template_id": "tmpl-bench",
         "page": "pages/index/index",
         "data": { "thing1": { "value": "Your parcel is on its way" } },
-        "active_at": "2099-01-01 09:00:00",
+        "active_at": active_at,
     });
     logged_in_post(
         addr,

@@ -4,6 +4,9 @@
 //!   SHA-256), and a cache miss served from a SQLite store;
 //! - `identity/*`: building the upstream request's headers from a real client request: strip
 //!   client-sent identity in one pass, inject the session's five pre-rendered values;
+//! - `routing/*`: picking the app's next healthy upstream (pingora-load-balancing's round robin),
+//!   and the whole upstream request as the gateway prepares it (identity, path, `Host`,
+//!   `Authorization`);
 //! - `crypto/*`: AES decryption of `encryptedData`, and a safe-mode push's signature check
 //!   and decryption.
 //!
@@ -15,8 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, black_box, criterion_group, criterion_main};
-use mpapi::config::{DatabaseConfig, SessionConfig};
+use mpapi::config::{Config, DatabaseConfig, SessionConfig};
+use mpapi::gateway::RequestCtx;
 use mpapi::gateway::identity::{self, IdentityHeaders};
+use mpapi::gateway::routing::Apps;
 use mpapi::session::Sessions;
 use mpapi::session::token::{self, TokenSigner};
 use mpapi::store::{Store, UserRow};
@@ -230,6 +235,50 @@ fn headers(c: &mut Criterion) {
     group.finish();
 }
 
+fn routing(c: &mut Criterion) {
+    let world = World::new();
+    let sessions = world.sessions(1_000);
+    let token = world.login(&sessions, "route", 1).remove(0);
+    let session = world
+        .runtime
+        .block_on(sessions.authenticate(APPID, &token))
+        .unwrap();
+    let yaml = format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+database:
+  url: "sqlite::memory:"
+wechat:
+  api_base: "http://127.0.0.1:9000"
+apps:
+  - appid: "{APPID}"
+    secret: "bench"
+    upstreams: ["http://127.0.0.1:9001/api", "http://127.0.0.1:9002/api"]
+    host_token: "bench-host-token"
+"#
+    );
+    let config = Config::parse(&yaml, &|_| None).unwrap();
+    let apps = world.runtime.block_on(Apps::build(&config)).unwrap();
+    let app = apps.get(APPID).unwrap().clone();
+    let ctx = RequestCtx {
+        upstream: app.pick_upstream(),
+        app: Some(app.clone()),
+        session: Some(session),
+    };
+    let request = client_request(&token);
+    let mut group = c.benchmark_group("routing");
+    group.bench_function("pick_upstream", |b| b.iter(|| app.pick_upstream().unwrap()));
+    group.bench_function("prepare_upstream_request", |b| {
+        b.iter_batched_ref(
+            || request.clone(),
+            |request| mpapi::gateway::prepare_upstream_request(request, &ctx).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 fn wechat_crypto(c: &mut Criterion) {
     let session_key = "tiihtNczf5v6AKRyjwEUhQ==";
     let iv = "r7BXXKkLb8qrSNn05n0qiA==";
@@ -296,6 +345,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_paths;
     config = config();
-    targets = session, headers, wechat_crypto
+    targets = session, headers, routing, wechat_crypto
 }
 criterion_main!(hot_paths);

@@ -64,7 +64,7 @@ pub fn strip_client_identity(request: &mut RequestHeader) {
 /// Insert a session's five identity headers into the upstream request.
 pub fn inject(request: &mut RequestHeader, identity: &IdentityHeaders) -> pingora::Result<()> {
     for (name, value) in identity.values() {
-        request.insert_header(name, value)?;
+        request.append_header(name, value)?;
     }
     Ok(())
 }

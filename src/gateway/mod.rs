@@ -119,23 +119,7 @@ impl ProxyHttp for Gateway {
         request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        identity::strip_client_identity(request);
-        if let Some(user) = &ctx.session {
-            identity::inject(request, &user.identity)?;
-        }
-        if let Some(upstream) = &ctx.upstream {
-            let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
-            let rewritten = routing::upstream_path(&upstream.config.path_prefix, path);
-            let uri = rewritten
-                .parse()
-                .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad request path"))?;
-            request.set_uri(uri);
-            request.insert_header(http::header::HOST, upstream.host.clone())?;
-        }
-        if let Some(authorization) = ctx.app.as_ref().and_then(|app| app.authorization.clone()) {
-            request.insert_header(http::header::AUTHORIZATION, authorization)?;
-        }
-        Ok(())
+        prepare_upstream_request(request, ctx)
     }
 
     async fn fail_to_proxy(
@@ -172,6 +156,28 @@ impl ProxyHttp for Gateway {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// Turn the client's request into the upstream's: strip client-sent identity, inject the
+/// session's, rewrite the path under the upstream's prefix, set `Host` and `Authorization`.
+pub fn prepare_upstream_request(request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    identity::strip_client_identity(request);
+    if let Some(user) = &ctx.session {
+        identity::inject(request, &user.identity)?;
+    }
+    if let Some(upstream) = &ctx.upstream {
+        let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
+        let rewritten = routing::upstream_path(&upstream.config.path_prefix, path);
+        let uri = rewritten
+            .parse()
+            .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad request path"))?;
+        request.set_uri(uri);
+        request.insert_header(http::header::HOST, upstream.host.clone())?;
+    }
+    if let Some(authorization) = ctx.app.as_ref().and_then(|app| app.authorization.clone()) {
+        request.insert_header(http::header::AUTHORIZATION, authorization)?;
+    }
+    Ok(())
 }
 
 impl Gateway {

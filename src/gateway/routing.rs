@@ -23,6 +23,9 @@ pub struct Upstream {
 pub struct App {
     pub config: AppConfig,
     pub pool: Arc<LoadBalancer<RoundRobin>>,
+    /// The pool's upstreams, found by address after each pick. Not kept in the backends'
+    /// `ext`: the pool hands out a clone of the backend it picks, and cloning `ext` allocates.
+    upstreams: Vec<Arc<Upstream>>,
     /// `Authorization` sent upstream when the app has a `host_token`.
     pub authorization: Option<HeaderValue>,
 }
@@ -31,7 +34,10 @@ impl App {
     /// The next healthy upstream, round-robin.
     pub fn pick_upstream(&self) -> Option<Arc<Upstream>> {
         let backend = self.pool.select(b"", 256)?;
-        backend.ext.get::<Arc<Upstream>>().cloned()
+        self.upstreams
+            .iter()
+            .find(|upstream| backend.addr.as_inet() == Some(&upstream.config.addr))
+            .cloned()
     }
 }
 
@@ -46,16 +52,16 @@ impl Apps {
         let mut by_id = HashMap::new();
         for app in &config.apps {
             let mut backends = BTreeSet::new();
+            let mut upstreams = Vec::new();
             for upstream in &app.upstreams {
-                let mut backend = Backend::new(&upstream.addr.to_string())?;
+                backends.insert(Backend::new(&upstream.addr.to_string())?);
                 let host = HeaderValue::from_str(&upstream.host_header).map_err(|_| {
                     pingora::Error::explain(pingora::ErrorType::InternalError, "bad upstream host")
                 })?;
-                backend.ext.insert(Arc::new(Upstream {
+                upstreams.push(Arc::new(Upstream {
                     config: upstream.clone(),
                     host,
                 }));
-                backends.insert(backend);
             }
             let mut pool =
                 LoadBalancer::<RoundRobin>::from_backends(Backends::new(Static::new(backends)));
@@ -75,6 +81,7 @@ impl Apps {
                 Arc::new(App {
                     config: app.clone(),
                     pool: Arc::new(pool),
+                    upstreams,
                     authorization,
                 }),
             );

@@ -18,6 +18,11 @@
 //! its app by `User-App` (or `?appid=`), its `User-Token` is checked against the session cache
 //! (the store only on a miss), and the request goes to the app's next healthy upstream with
 //! client-sent identity headers stripped and the session's own injected.
+//!
+//! # Unsafe code
+//! Denied everywhere but one function, `gateway::identity::shared_value`, whose invariant is
+//! stated there.
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod config;

@@ -157,8 +157,19 @@ pub fn require_method(session: &HttpSession, expected: &http::Method) -> Result<
     }
 }
 
-/// Parse a JSON body into `T`, saying what was wrong without echoing the body.
+/// Parse a JSON object body into `T`, saying what was wrong without echoing the body.
+///
+/// Only an object is accepted: serde would otherwise fill a struct from an array, field by
+/// field in declaration order (`["CODE"]` as a login), which no client means.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        let what = match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => "body must be a JSON object",
+            Err(_) => "body is not valid JSON",
+        };
+        return Err(ApiError::InvalidParam(what.into()));
+    }
     serde_json::from_slice(body).map_err(|error| {
         let what = if error.is_syntax() || error.is_eof() {
             "body is not valid JSON".to_string()

@@ -39,6 +39,14 @@ async fn malformed_or_incomplete_login_bodies_are_refused_and_change_nothing() {
         assert_eq!(answer["status"], 3, "{body}");
         assert!(answer["message"].as_str().unwrap().len() > 5);
     }
+    // A real code in an array: serde alone would take it as the `code` field.
+    let code = app.code_for(APPID, "ivan", None).await;
+    let (status, answer) = post_login(&app, &format!("[\"{code}\"]")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(
+        answer["message"],
+        "invalid parameter: body must be a JSON object"
+    );
     assert_eq!(count_users(&app).await, 0);
     app.stop().await;
 }

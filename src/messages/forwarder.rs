@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::config::AppConfig;
 use crate::state::State;
 use crate::store::PendingMessage;
-use crate::types::unix_now;
+use crate::types::{Outage, unix_now};
 
 /// How often due messages are looked for when nothing wakes the forwarder.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -32,6 +32,8 @@ const MAX_BACKOFF_SECONDS: i64 = 600;
 const MAX_AGE_SECONDS: i64 = 48 * 3600;
 /// Finished rows are kept this long (far beyond WeChat's retries, which come within seconds).
 const KEEP_SECONDS: i64 = 24 * 3600;
+/// How the forwarder's polls are named in the logs.
+const TASK: &str = "message forwarder";
 /// Housekeeping runs once per this many iterations (about every 10 minutes).
 const HOUSEKEEPING_EVERY: u64 = 600;
 
@@ -39,6 +41,7 @@ const HOUSEKEEPING_EVERY: u64 = 600;
 /// dropped: their claims expire and another iteration (here or on another node) retries them.
 pub async fn run(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let in_flight = Arc::new(Semaphore::new(CONCURRENCY));
+    let outage = Outage::default();
     let mut iteration: u64 = 0;
     loop {
         if *shutdown.borrow() {
@@ -48,7 +51,7 @@ pub async fn run(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
             housekeeping(&state).await;
         }
         iteration += 1;
-        poll_once(&state, &in_flight).await;
+        poll_once(&state, &in_flight, &outage).await;
         tokio::select! {
             _ = state.messages.wake.notified() => {}
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
@@ -58,12 +61,15 @@ pub async fn run(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
 }
 
 /// Claim the due messages and start their deliveries.
-async fn poll_once(state: &Arc<State>, in_flight: &Arc<Semaphore>) {
+async fn poll_once(state: &Arc<State>, in_flight: &Arc<Semaphore>, outage: &Outage) {
     let now = unix_now();
     let due = match state.store.due_messages(now, BATCH).await {
-        Ok(due) => due,
+        Ok(due) => {
+            outage.ok(TASK);
+            due
+        }
         Err(error) => {
-            tracing::warn!(%error, "message forwarder: could not read due messages");
+            outage.failed(TASK, &error);
             return;
         }
     };

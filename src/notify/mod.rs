@@ -32,8 +32,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use crate::server::wait_for;
 use crate::state::State;
 use crate::store::{Claim, ClaimStrategy, Finish, NotificationRow};
-use crate::types::unix_now;
+use crate::types::{Outage, unix_now};
 use send::Outcome;
+
+/// How the dispatcher's polls are named in the logs.
+const TASK: &str = "notification dispatcher";
 
 /// Most sends in flight on one node, whatever the configuration says.
 const MAX_CONCURRENCY: usize = 65_536;
@@ -73,6 +76,8 @@ struct Dispatcher {
     /// The second expired claims were last released: leases are whole seconds, so once a
     /// second is enough however often the dispatcher polls.
     released_at: AtomicI64,
+    /// Store outages seen by the polls, logged once each.
+    outage: Outage,
     /// How long one attempt may take: 80 % of the lease, so it ends before its claim does.
     send_deadline: Duration,
 }
@@ -110,6 +115,7 @@ impl Dispatcher {
             node: format!("{:012x}", rand::random::<u64>() >> 16),
             claims: AtomicU64::new(0),
             released_at: AtomicI64::new(0),
+            outage: Outage::default(),
             send_deadline,
             state,
         }
@@ -135,7 +141,7 @@ impl Dispatcher {
                     tracing::warn!(released, "notification claims expired (node died or hung)");
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "could not release expired notification claims");
+                    self.outage.failed(TASK, &error);
                     return false;
                 }
             }
@@ -164,9 +170,12 @@ impl Dispatcher {
             })
             .await
         {
-            Ok(rows) => rows,
+            Ok(rows) => {
+                self.outage.ok(TASK);
+                rows
+            }
             Err(error) => {
-                tracing::warn!(%error, "could not claim notifications");
+                self.outage.failed(TASK, &error);
                 return false;
             }
         };

@@ -370,6 +370,7 @@ pub async fn start_gateway(
     backends: &Backends,
     tweaks: &Tweaks,
 ) -> RunningGateway {
+    capture_logs();
     let yaml = config_yaml(database_url, backends, tweaks);
     let config = Config::parse(&yaml, &|_| None).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

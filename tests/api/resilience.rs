@@ -57,6 +57,20 @@ impl Relay {
     }
 }
 
+/// Wait (at most 15 s) for a log line containing both `field` and `text`.
+async fn wait_for_log(field: &str, text: &str) {
+    for _ in 0..300 {
+        if logs()
+            .lines()
+            .any(|line| line.contains(field) && line.contains(text))
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no log line with {field} and {text:?}");
+}
+
 crate::db_tests!(the_database_going_down_keeps_cached_sessions_working_and_recovers);
 
 async fn the_database_going_down_keeps_cached_sessions_working_and_recovers(db: Db) {
@@ -71,7 +85,11 @@ async fn the_database_going_down_keeps_cached_sessions_working_and_recovers(db: 
     let relay = Relay::start(target).await;
     url.set_port(Some(relay.addr.port())).unwrap();
     let backends = Backends::start().await;
-    let gateway = start_gateway(url.as_str(), &backends, &Tweaks::default()).await;
+    let tweaks = Tweaks {
+        notify: Some("  poll_interval_ms: 50".into()),
+        ..Tweaks::default()
+    };
+    let gateway = start_gateway(url.as_str(), &backends, &tweaks).await;
     let app = TestApp {
         addr: gateway.addr,
         gateway: Some(gateway),
@@ -102,11 +120,14 @@ async fn the_database_going_down_keeps_cached_sessions_working_and_recovers(db: 
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], 10002);
+    // The background loops say so once per outage (the rule itself: types::Outage's test).
+    wait_for_log("task=\"notification dispatcher\"", "store unavailable").await;
 
     relay.restore();
     let token = app.login("quinn").await;
     let (status, _) = app.get_app("/x", Some(&token)).await;
     assert_eq!(status, StatusCode::OK, "recovered without a restart");
+    wait_for_log("task=\"notification dispatcher\"", "store available again").await;
     app.stop().await;
 }
 

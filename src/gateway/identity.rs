@@ -62,7 +62,8 @@ pub fn strip_client_identity(request: &mut RequestHeader) {
     }
 }
 
-/// Insert a session's five identity headers into the upstream request.
+/// Add a session's five identity headers to the upstream request (client copies were stripped
+/// first, so nothing of the same name is left to replace).
 pub fn inject(request: &mut RequestHeader, identity: &IdentityHeaders) -> pingora::Result<()> {
     for (name, value) in identity.values() {
         request.append_header(name, value)?;

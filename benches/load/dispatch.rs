@@ -51,7 +51,8 @@ pub async fn measure(
         Ok(tokens) => Arc::new(tokens),
         Err(error) => return failed(format!("login before the dispatch run: {error}")),
     };
-    // Due at the start of a whole second at least two seconds ahead: `active_at` has seconds.
+    // Due at the start of the second after next (one to two seconds ahead): `active_at` has
+    // whole seconds.
     let due = chrono::Utc::now().timestamp() + 2;
     let active_at = mpapi_time(due);
     let enqueue = Load {

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::TimeZone as _;
 use http::StatusCode;
+use mpapi::notify::message::format_time;
 use mpapi::server::RunningGateway;
 use mpapi::sim::Simulator;
 
@@ -54,7 +54,8 @@ pub async fn measure(
     // Due at the start of the second after next (one to two seconds ahead): `active_at` has
     // whole seconds.
     let due = chrono::Utc::now().timestamp() + 2;
-    let active_at = mpapi_time(due);
+    // As `/notify` reads `active_at`: the app's time zone, Asia/Shanghai by default.
+    let active_at = format_time(due, chrono_tz::Asia::Shanghai);
     let enqueue = Load {
         addr,
         connections: 1,
@@ -139,14 +140,4 @@ async fn log_in(
         }
     }
     Ok(tokens)
-}
-
-/// `unix` as `/notify` reads `active_at`: `yyyy-MM-dd HH:mm:ss` in Asia/Shanghai (the default
-/// time zone of an app).
-fn mpapi_time(unix: i64) -> String {
-    chrono_tz::Asia::Shanghai
-        .timestamp_opt(unix, 0)
-        .single()
-        .map(|time| time.format("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_default()
 }

@@ -496,11 +496,10 @@ fn dispatcher_rows(
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     for threads in THREADS {
-        for (name, admin_url) in [
-            ("dispatcher sends (SQLite)", None),
-            ("dispatcher sends (PostgreSQL)", postgres_url),
-        ] {
-            if !plan.wants(name) || (name.contains("PostgreSQL") && admin_url.is_none()) {
+        let databases = std::iter::once(("dispatcher sends (SQLite)", None))
+            .chain(postgres_url.map(|url| ("dispatcher sends (PostgreSQL)", Some(url))));
+        for (name, admin_url) in databases {
+            if !plan.wants(name) {
                 continue;
             }
             let run = client.block_on(async {

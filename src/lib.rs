@@ -12,6 +12,7 @@
 //! - [`notify`]: subscribe messages queued by `/notify`, sent by a background dispatcher.
 //! - [`sim`]: a WeChat simulator (and an echo upstream) for tests and local development.
 //! - [`error`]: the request layer's one error type and its JSON envelope.
+//! - [`shutdown`]: the shutdown signal every long-running task watches.
 //!
 //! # The life of one request
 //! `request_filter` routes the path. A native path is answered there and then. `/app/…` names
@@ -32,6 +33,7 @@ pub mod messages;
 pub mod notify;
 pub mod server;
 pub mod session;
+pub mod shutdown;
 pub mod sim;
 pub mod state;
 pub mod store;

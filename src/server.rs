@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::notify;
+use crate::shutdown::wait_for;
 use crate::sim::{self, Simulator};
 use crate::state::{StartError, State};
 
@@ -154,14 +155,14 @@ async fn start(
         let shutdown = shutdown.clone();
         tokio::spawn(async move { pool.start(shutdown).await });
     }
-    // Issue 3, messages: deliver recorded customer-service messages to help desks.
+    // Deliver recorded customer-service messages to help desks.
     if state.messages.enabled() {
         tokio::spawn(crate::messages::forwarder::run(
             state.clone(),
             shutdown.clone(),
         ));
     }
-    // Issue 3, notify: the notification dispatcher, stopped by the same shutdown.
+    // The notification dispatcher, stopped by the same shutdown.
     let dispatcher = tokio::spawn(notify::run(state.clone(), shutdown.clone()));
 
     let server_conf = Arc::new(ServerConf {
@@ -202,13 +203,4 @@ async fn start_dev_services(
         tokio::spawn(sim::echo::serve(listener, wait_for(shutdown.clone())));
     }
     Ok(())
-}
-
-/// Resolves when `shutdown` turns true (or its sender is gone).
-pub async fn wait_for(mut shutdown: watch::Receiver<bool>) {
-    while !*shutdown.borrow() {
-        if shutdown.changed().await.is_err() {
-            return;
-        }
-    }
 }

@@ -19,7 +19,7 @@ pub struct State {
     pub sessions: Sessions,
     pub wechat: WeChatClient,
     pub access_tokens: AccessTokens,
-    /// Issue 3, messages: wakes the message forwarder.
+    /// Wakes the customer-service message forwarder.
     pub messages: Forwarder,
 }
 

@@ -5,14 +5,14 @@
 mod body;
 mod login;
 mod wxcode;
-// Issue 3, credentials: /credentials and /mobile.
+// /credentials and /mobile.
 mod credentials;
 mod mobile;
 mod user_data;
-// Issue 3, messages: called by WeChat and by the help desk, not by the mini program.
+// Called by WeChat and by the help desk, not by the mini program.
 mod message_receive;
 mod message_reply;
-// Issue 3, notify.
+// Subscribe messages.
 mod notify;
 
 use std::sync::Arc;
@@ -40,13 +40,11 @@ pub enum Reply {
 pub enum Endpoint {
     Login,
     WxCode,
-    // Issue 3, credentials.
     Credentials,
     Mobile,
-    // Issue 3, messages.
     MessageReceive,
     MessageReply,
-    // Issue 3, notify: `POST /notify`, `GET|DELETE /notify/{id}`.
+    /// `POST /notify`, `GET|DELETE /notify/{id}`.
     Notify,
     NotifyItem(i64),
 }
@@ -57,13 +55,11 @@ impl Endpoint {
         match path {
             "/login" => Some(Self::Login),
             "/wxcode" => Some(Self::WxCode),
-            // Issue 3, credentials.
             "/credentials" => Some(Self::Credentials),
             "/mobile" => Some(Self::Mobile),
-            // Issue 3, messages; `recieve` is the original service's spelling.
+            // `recieve` is the original service's spelling.
             "/message_receive" | "/message_recieve" => Some(Self::MessageReceive),
             "/message_reply" => Some(Self::MessageReply),
-            // Issue 3, notify.
             "/notify" => Some(Self::Notify),
             _ if path.starts_with("/notify/") => {
                 notify_id(&path["/notify/".len()..]).map(Self::NotifyItem)
@@ -83,17 +79,15 @@ pub async fn serve(
     let outcome = match endpoint {
         Endpoint::Login => login::handle(state, session, app).await.map(Reply::Json),
         Endpoint::WxCode => wxcode::handle(state, session, app).await,
-        // Issue 3, credentials.
         Endpoint::Credentials => credentials::handle(state, session, app)
             .await
             .map(Reply::Json),
         Endpoint::Mobile => mobile::handle(state, session, app).await.map(Reply::Json),
-        // Issue 3, messages.
         Endpoint::MessageReceive => message_receive::handle(state, session, app).await,
         Endpoint::MessageReply => message_reply::handle(state, session, app)
             .await
             .map(Reply::Json),
-        // Issue 3, notify.
+
         Endpoint::Notify => notify::create(state, session, app).await.map(Reply::Json),
         Endpoint::NotifyItem(id) => notify::item(state, session, app, id).await.map(Reply::Json),
     };

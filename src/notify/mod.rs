@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::server::wait_for;
+use crate::shutdown::wait_for;
 use crate::state::State;
 use crate::store::{Claim, ClaimStrategy, Finish, NotificationRow};
 use crate::types::{Outage, unix_now};

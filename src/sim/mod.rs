@@ -9,19 +9,19 @@
 pub mod echo;
 mod faults;
 mod login;
-// Issue 3, notify.
+
 pub mod subscribe;
 mod tokens;
 pub mod wxacode;
 pub use wxacode::CODE_PNG;
-// Issue 3, credentials: phone numbers and encrypted user data.
+// Phone numbers and encrypted user data.
 mod phone;
 
 pub use faults::Fault;
 pub use tokens::{IssuedToken, TokenTimes};
-// Issue 3, credentials.
+
 pub use phone::{PhoneRequest, UserProfile};
-// Issue 3, messages: customer-service sends, media upload, signed and encrypted pushes.
+// Customer-service sends, media upload, signed and encrypted pushes.
 pub mod messages;
 mod multipart;
 pub use messages::{CustomSend, PushFormat, PushMode, PushRequest, UploadedMedia};
@@ -64,13 +64,13 @@ pub struct Simulator {
     token_times: Mutex<tokens::TokenTimes>,
     faults: Mutex<Vec<faults::PendingFault>>,
     requests: Mutex<HashMap<String, usize>>,
-    // Issue 3, credentials.
+
     phone: phone::PhoneState,
-    // Issue 3, messages: when each user last wrote, accepted customer-service calls, uploads
+    // When each user last wrote, accepted customer-service calls, uploads
     last_messages: Mutex<HashMap<(String, String), i64>>,
     custom_sends: Mutex<Vec<messages::CustomSend>>,
     media: Mutex<Vec<messages::UploadedMedia>>,
-    // Issue 3, notify: accepted subscribe messages.
+    // Accepted subscribe messages.
     subscribe: Mutex<subscribe::SubscribeState>,
 }
 
@@ -136,7 +136,6 @@ impl Simulator {
             .route("/cgi-bin/token", get(tokens::classic))
             .route("/cgi-bin/stable_token", post(tokens::stable))
             .route("/wxa/getwxacodeunlimit", post(wxacode::unlimited))
-            // Issue 3, credentials.
             .route(
                 "/wxa/business/getuserphonenumber",
                 post(phone::getuserphonenumber),
@@ -144,7 +143,6 @@ impl Simulator {
             .route("/sim/phone_code", post(phone::mint))
             .route("/sim/user_profile", post(phone::user_profile))
             .route("/sim/encrypt", post(phone::encrypt))
-            // Issue 3, messages.
             .route("/cgi-bin/message/custom/send", post(messages::send))
             .route(
                 "/cgi-bin/message/custom/business/typing",
@@ -155,7 +153,6 @@ impl Simulator {
                 post(messages::upload).layer(axum::extract::DefaultBodyLimit::max(16 << 20)),
             )
             .route("/sim/push", post(messages::push))
-            // Issue 3, notify.
             .route("/cgi-bin/message/subscribe/send", post(subscribe::send))
             .route(
                 "/cgi-bin/message/wxopen/template/send",

@@ -23,9 +23,7 @@ type MigrationFiles = [&'static [(i64, &'static str, &'static str)]; 3];
 const MIGRATIONS: MigrationFiles = migration_files![
     1 "0001_users.sql",
     2 "0002_access_tokens.sql",
-    // Issue 3, notify.
     3 "0003_notifications.sql",
-    // Issue 3, messages.
     4 "0004_messages.sql",
 ];
 

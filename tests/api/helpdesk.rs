@@ -53,7 +53,7 @@ impl HelpDesk {
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(async move {
             axum::serve(listener, router)
-                .with_graceful_shutdown(mpapi::server::wait_for(rx))
+                .with_graceful_shutdown(mpapi::shutdown::wait_for(rx))
                 .await
         });
         Self {

@@ -144,7 +144,7 @@ impl Backends {
         tokio::spawn(mpapi::sim::serve(
             listener,
             sim.clone(),
-            mpapi::server::wait_for(rx.clone()),
+            mpapi::shutdown::wait_for(rx.clone()),
         ));
         let upstream_addr = spawn_echo(rx).await;
         Self {
@@ -168,7 +168,7 @@ pub async fn spawn_echo(shutdown: watch::Receiver<bool>) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(mpapi::sim::echo::serve(
         listener,
-        mpapi::server::wait_for(shutdown),
+        mpapi::shutdown::wait_for(shutdown),
     ));
     addr
 }
@@ -239,7 +239,7 @@ pub struct Tweaks {
     pub upstreams: Option<Vec<String>>,
     pub api_base: Option<String>,
     pub wechat_timeout_ms: u64,
-    /// Lines under `notify:` (issue 3, notify), e.g. `  poll_interval_ms: 50`.
+    /// Lines under `notify:`, e.g. `  poll_interval_ms: 50`.
     pub notify: Option<String>,
 }
 

@@ -7,13 +7,11 @@ mod helpers;
 mod bad_input;
 mod config;
 mod credentials;
-mod login;
-mod mobile;
-// Issue 3, messages.
 mod helpdesk;
+mod login;
 mod message_reply;
 mod messages;
-// Issue 3, notify.
+mod mobile;
 mod notify;
 mod proxy;
 mod resilience;

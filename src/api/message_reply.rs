@@ -82,7 +82,26 @@ pub async fn handle(
     }
     let appid = &app.config.appid;
     let source = request.source.as_deref().unwrap_or("");
-    tracing::info!(%appid, kind = %request.kind, %source, "message reply");
+    let outcome = deliver(state, app, target, &request).await;
+    match &outcome {
+        Ok(()) => tracing::info!(%appid, kind = %request.kind, %source, "message reply sent"),
+        Err(ApiError::WeChat { errcode, .. }) => {
+            tracing::warn!(%appid, kind = %request.kind, %source, errcode, "message reply refused by WeChat")
+        }
+        Err(error) => {
+            tracing::warn!(%appid, kind = %request.kind, %source, status = error.status(), "message reply not sent")
+        }
+    }
+    outcome.map(|()| ok_message("sent"))
+}
+
+/// Build the customer-service message of `request` and send it to `target` through WeChat.
+async fn deliver(
+    state: &State,
+    app: &App,
+    target: &str,
+    request: &ReplyRequest,
+) -> Result<(), ApiError> {
     let message = match request.kind.as_str() {
         "text" => {
             let text = request.content.as_str().unwrap_or("");
@@ -130,7 +149,7 @@ pub async fn handle(
                     state.wechat.custom_typing(&token, target, command).await
                 })
                 .await?;
-            return Ok(ok_message("sent"));
+            return Ok(());
         }
         _ => {
             return Err(ApiError::InvalidParam(
@@ -145,7 +164,7 @@ pub async fn handle(
             async move { state.wechat.send_custom_message(&token, message).await }
         })
         .await?;
-    Ok(ok_message("sent"))
+    Ok(())
 }
 
 /// The caller must present the app's `reply_token`; an app without one takes no replies.

@@ -5,21 +5,26 @@ use serde_yaml::Value;
 
 use super::ConfigError;
 
-/// Replace every `${NAME}` in every string of `value`, reading `lookup(NAME)`.
+/// Replace every `${NAME}` in every string of `value`, reading `lookup(NAME)`; every reference
+/// that cannot be expanded is added to `errors` (all of them, so one run names them all).
 pub fn expand_tree(
     value: &mut Value,
     path: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
+    errors: &mut Vec<ConfigError>,
+) {
     match value {
         Value::String(text) => {
             if text.contains("${") {
-                *text = expand_str(text, path, lookup)?;
+                match expand_str(text, path, lookup) {
+                    Ok(expanded) => *text = expanded,
+                    Err(error) => errors.push(error),
+                }
             }
         }
         Value::Sequence(items) => {
             for (index, item) in items.iter_mut().enumerate() {
-                expand_tree(item, &format!("{path}[{index}]"), lookup)?;
+                expand_tree(item, &format!("{path}[{index}]"), lookup, errors);
             }
         }
         Value::Mapping(map) => {
@@ -30,13 +35,12 @@ pub fn expand_tree(
                 } else {
                     format!("{path}.{key}")
                 };
-                expand_tree(item, &child, lookup)?;
+                expand_tree(item, &child, lookup, errors);
             }
         }
-        Value::Tagged(tagged) => expand_tree(&mut tagged.value, path, lookup)?,
+        Value::Tagged(tagged) => expand_tree(&mut tagged.value, path, lookup, errors),
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
-    Ok(())
 }
 
 fn expand_str(
@@ -46,6 +50,7 @@ fn expand_str(
 ) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
+    let mut unset = Vec::new();
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
@@ -56,11 +61,26 @@ fn expand_str(
         if name.is_empty() {
             return Err(ConfigError::at(path, "empty ${} in value"));
         }
-        let value = lookup(name).ok_or_else(|| {
-            ConfigError::at(path, format!("environment variable {name} is not set"))
-        })?;
-        out.push_str(&value);
+        match lookup(name) {
+            Some(value) => out.push_str(&value),
+            None => unset.push(name),
+        }
         rest = &after[end + 1..];
+    }
+    match unset.as_slice() {
+        [] => {}
+        [name] => {
+            return Err(ConfigError::at(
+                path,
+                format!("environment variable {name} is not set"),
+            ));
+        }
+        names => {
+            return Err(ConfigError::at(
+                path,
+                format!("environment variables {} are not set", names.join(", ")),
+            ));
+        }
     }
     out.push_str(rest);
     Ok(out)
@@ -79,20 +99,23 @@ mod tests {
         let mut tree: Value =
             serde_yaml::from_str("apps:\n  - secret: \"a-${SET}-b\"\n    x: \"${UNSET}\"\n")
                 .unwrap();
-        let err = expand_tree(&mut tree, "", &lookup).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "apps[0].x: environment variable UNSET is not set"
-        );
+        let mut errors = Vec::new();
+        expand_tree(&mut tree, "", &lookup, &mut errors);
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors, ["apps[0].x: environment variable UNSET is not set"]);
 
         let mut tree: Value = serde_yaml::from_str("secret: \"a-${SET}-b\"").unwrap();
-        expand_tree(&mut tree, "", &lookup).unwrap();
+        let mut errors = Vec::new();
+        expand_tree(&mut tree, "", &lookup, &mut errors);
+        assert!(errors.is_empty());
         assert_eq!(tree["secret"].as_str(), Some("a-value-b"));
     }
 
     #[test]
     fn refuses_unterminated_references() {
         let mut tree: Value = serde_yaml::from_str("k: \"${OPEN\"").unwrap();
-        assert!(expand_tree(&mut tree, "", &lookup).is_err());
+        let mut errors = Vec::new();
+        expand_tree(&mut tree, "", &lookup, &mut errors);
+        assert_eq!(errors.len(), 1);
     }
 }

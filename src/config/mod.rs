@@ -15,15 +15,36 @@ use url::Url;
 use crate::types::Secret;
 use file::{AppSection, FileConfig};
 
-/// A configuration problem, with the key it concerns.
+/// A configuration problem, with the key it concerns (empty for the file as a whole).
 #[derive(Debug, thiserror::Error)]
-#[error("{key}: {problem}")]
 pub struct ConfigError {
     pub key: String,
     pub problem: String,
 }
 
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.problem)
+        } else {
+            write!(f, "{}: {}", self.key, self.problem)
+        }
+    }
+}
+
 impl ConfigError {
+    /// Several problems found in one pass, one per line.
+    fn all(mut errors: Vec<ConfigError>) -> Self {
+        if errors.len() == 1 {
+            return errors.remove(0);
+        }
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        Self::at(
+            "",
+            format!("{} problems:\n{}", errors.len(), lines.join("\n")),
+        )
+    }
+
     pub fn at(key: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             key: key.into(),
@@ -160,19 +181,23 @@ impl Config {
     /// Read, expand and validate the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::at(path.display().to_string(), e.to_string()))?;
+            .map_err(|e| ConfigError::at("", format!("cannot read the file: {e}")))?;
         Self::parse(&text, &|name| std::env::var(name).ok())
     }
 
     /// Parse YAML text; `lookup` answers `${VAR}` references.
     pub fn parse(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut tree: serde_yaml::Value =
-            serde_yaml::from_str(text).map_err(|e| ConfigError::at("(file)", e.to_string()))?;
-        env::expand_tree(&mut tree, "", lookup)?;
+            serde_yaml::from_str(text).map_err(|e| ConfigError::at("", e.to_string()))?;
+        let mut unset = Vec::new();
+        env::expand_tree(&mut tree, "", lookup, &mut unset);
+        if !unset.is_empty() {
+            return Err(ConfigError::all(unset));
+        }
         // Deserialize from text again (not from the tree) so serde_yaml's errors carry the path
         // of the offending key.
         let expanded =
-            serde_yaml::to_string(&tree).map_err(|e| ConfigError::at("(file)", e.to_string()))?;
+            serde_yaml::to_string(&tree).map_err(|e| ConfigError::at("", e.to_string()))?;
         let file: FileConfig = serde_yaml::from_str(&expanded).map_err(yaml_error)?;
         validate(file)
     }
@@ -185,11 +210,24 @@ impl Config {
 
 fn yaml_error(error: serde_yaml::Error) -> ConfigError {
     // serde_yaml writes "path: problem at line L column C"; keep its path as the key.
-    let text = error.to_string();
+    let text = plain_type_names(&error.to_string());
     match text.split_once(": ") {
         Some((key, problem)) if !key.contains(' ') => ConfigError::at(key, problem),
-        _ => ConfigError::at("(file)", text),
+        _ => ConfigError::at("", text),
     }
+}
+
+/// serde's Rust type names (`expected usize`) in words an operator reads.
+fn plain_type_names(text: &str) -> String {
+    const WHOLE: [&str; 10] = [
+        "usize", "u64", "u32", "u16", "u8", "isize", "i64", "i32", "i16", "i8",
+    ];
+    let mut text = text.to_string();
+    for name in WHOLE {
+        text = text.replace(&format!("expected {name}"), "expected a whole number");
+    }
+    text.replace("expected f64", "expected a number")
+        .replace("expected f32", "expected a number")
 }
 
 /// Turn the file model into the typed model, refusing anything that would fail later.

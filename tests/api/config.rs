@@ -114,3 +114,49 @@ fn dash_t_validates_and_refuses_a_bad_file_with_its_key() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn every_unset_variable_is_named_in_one_run() {
+    let yaml = VALID.replace("${SET}", "${UNSET_A}").replace(
+        "upstreams:",
+        "host_token: \"${UNSET_B}-${UNSET_C}\"\n    upstreams:",
+    );
+    let error = parse(&yaml).unwrap_err();
+    assert!(
+        error.contains("apps[0].secret: environment variable UNSET_A is not set")
+            && error
+                .contains("apps[0].host_token: environment variables UNSET_B, UNSET_C are not set"),
+        "{error}"
+    );
+}
+
+#[test]
+fn problems_of_the_whole_file_carry_no_made_up_key() {
+    let error = parse(&format!("colour: blue\n{VALID}")).unwrap_err();
+    assert!(error.starts_with("unknown field `colour`"), "{error}");
+
+    let error = parse(&VALID.replace("server: {", "server: { threads: many,")).unwrap_err();
+    assert!(
+        error.starts_with("server.threads") && error.contains("a whole number"),
+        "{error}"
+    );
+    assert!(!error.contains("usize"), "{error}");
+}
+
+#[test]
+fn a_missing_file_is_named_once() {
+    let missing = std::env::temp_dir().join("mpapi-no-such-config.yaml");
+    let refused = Command::new(env!("CARGO_BIN_EXE_mpapi"))
+        .args(["-t", "-c"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(
+        stderr.matches("mpapi-no-such-config.yaml").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("cannot read"), "{stderr}");
+}

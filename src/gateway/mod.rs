@@ -168,8 +168,8 @@ pub fn prepare_upstream_request(request: &mut RequestHeader, ctx: &RequestCtx) -
     if let Some(upstream) = &ctx.upstream {
         let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
         let rewritten = routing::upstream_path(&upstream.config.path_prefix, path);
-        let uri = rewritten
-            .parse()
+        // From the `String` itself: the URI keeps its buffer instead of copying it.
+        let uri = http::Uri::try_from(rewritten)
             .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad request path"))?;
         request.set_uri(uri);
         request.insert_header(http::header::HOST, upstream.host.clone())?;

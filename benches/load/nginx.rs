@@ -7,7 +7,7 @@
 //! location then does what mpapi does to a request: drops `User-Token`, sets the five identity
 //! headers (the values mpapi renders for a full-profile user), and rewrites `/app/` to `/api/`.
 //! One process (`master_process off`), as the proxies under test run one worker thread; no
-//! access log, like them. Started from a config generated in a temp dir, stopped at the end.
+//! access log, like them; connections kept open indefinitely on both sides, like Pingora's. Started from a config generated in a temp dir, stopped at the end.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -99,6 +99,10 @@ events {{
 }}
 http {{
     access_log off;
+    # Keep connections open as the proxies under test do (nginx closes them after 1,000
+    # requests by default, which the generator would count as failures).
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
     client_body_temp_path {dir}/tmp;
     proxy_temp_path {dir}/tmp;
     fastcgi_temp_path {dir}/tmp;
@@ -107,6 +111,7 @@ http {{
     upstream backend {{
         server {upstream};
         keepalive 1024;
+        keepalive_requests 10000000;
     }}
     server {{
         listen {proxy};

@@ -77,7 +77,9 @@ impl ProxyHttp for Gateway {
         };
         match route {
             Route::Native(endpoint) => {
-                api::serve(&self.state, session, endpoint, &app).await?;
+                // Boxed so that proxied requests do not carry the endpoints' kilobytes of
+                // state in this phase's future (Pingora allocates it on every request).
+                Box::pin(api::serve(&self.state, session, endpoint, &app)).await?;
                 Ok(true)
             }
             Route::Proxy => match self.authenticate(session.req_header(), &app).await {

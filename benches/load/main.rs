@@ -501,6 +501,9 @@ fn main() {
     if let Some(nginx) = nginx {
         nginx.stop();
     }
+    // The wrk script's temp file goes with its last holder, before any `exit` below.
+    drop(list);
+    drop(wrk_script);
     drop(postgres);
     drop(sqlite);
 

@@ -8,6 +8,11 @@
 //! noise hits all of them alike; each figure is the median over the rounds, and each ratio to
 //! the bare pass-through the median of the rounds' ratios. Everything listens on 127.0.0.1.
 //!
+//! Rows users compare with: when `nginx` is on PATH, nginx proxying the same upstream and nginx
+//! with `auth_request` ([`nginx`]); when `wrk` is, the bare pass-through, the cached-token
+//! scenario and nginx driven by wrk as well ([`wrk`]). Each is skipped with a note otherwise.
+//! Every row shows the load generator's own CPU per request next to the proxy's.
+//!
 //! Knobs (environment): `MPAPI_LOAD_SECONDS` per measured run (1), `MPAPI_LOAD_ROUNDS` (7),
 //! `MPAPI_LOAD_CONNECTIONS` (32), `MPAPI_TEST_POSTGRES_URL` to add PostgreSQL logins. Words
 //! after `--` keep only the scenarios whose name contains one of them.
@@ -16,13 +21,16 @@
 //! short smoke run of every scenario, plus a check that the generator counts non-2xx answers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cpu;
 mod dispatch;
 mod generator;
+mod nginx;
 mod passthrough;
 mod report;
 mod scenarios;
 mod upstream;
 mod world;
+mod wrk;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,10 +117,15 @@ struct Scenario {
     name: &'static str,
     threads: usize,
     load: Load,
+    /// What sends the requests.
+    driver: Driver,
+    /// The row this one's ratios are taken against (the bare pass-through under the same
+    /// generator).
+    baseline: &'static str,
     /// The gateway's store, to count the statements a scenario costs.
     store: Option<Arc<Store>>,
-    /// Name prefix of the proxy's worker threads, for [`thread_cpu_us`].
-    workers: &'static str,
+    /// Whose CPU time is the proxy's.
+    proxy_cpu: cpu::Source,
     /// Counts and failures over every round (latencies are not kept here).
     outcome: Outcome,
     /// Each measured round's figures.
@@ -129,38 +142,23 @@ struct Round {
     p99_ms: f64,
     /// CPU time the proxy's worker threads spent per answered request, in microseconds.
     cpu_us: f64,
+    /// CPU time the load generator spent per answered request, in microseconds.
+    generator_cpu_us: f64,
 }
 
-/// CPU time (user + system) used so far by this process's threads whose name starts with
-/// `prefix`, in microseconds, from /proc (whose tick is 10 ms on Linux). Unlike requests per
-/// second it hardly moves when other processes compete for the cores.
-fn thread_cpu_us(prefix: &str) -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    let mut ticks = 0;
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid … ; utime and stime are the 14th and 15th fields.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        if !stat[open + 1..close].starts_with(prefix) {
-            continue;
-        }
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        ticks += field(11) + field(12);
-    }
-    ticks * 10_000
+/// What sends a scenario's requests.
+#[derive(Clone)]
+enum Driver {
+    /// The bench's own generator ([`generator`]), on the `load-client` threads.
+    Hyper,
+    /// wrk, as a child process, with the script that sends the scenario's requests.
+    Wrk(Arc<wrk::Script>),
 }
+
+/// Name prefix of the bench's own generator threads.
+const GENERATOR_THREADS: &str = "load-client";
+const BARE: &str = "bare pass-through";
+const BARE_WRK: &str = "bare pass-through, wrk";
 
 /// Thread counts every server is measured with.
 const THREADS: [usize; 2] = [1, 2];
@@ -222,6 +220,28 @@ fn main() {
     let mut gateways: Vec<RunningGateway> = Vec::new();
     let mut list = Vec::new();
     let c = plan.connections;
+    let wrk_script = if !on_path("wrk") {
+        println!("wrk rows: skipped, wrk is not on PATH (apt package wrk)");
+        None
+    } else if !bench {
+        println!("wrk rows: skipped in the smoke run");
+        None
+    } else {
+        let headers = scenarios::client_headers(upstream)
+            .iter()
+            .filter(|(name, _)| *name != http::header::HOST)
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_string(), value)
+            })
+            .collect::<Vec<_>>();
+        Some(Arc::new(wrk::Script::write(
+            scenarios::APP_PATH,
+            &headers,
+            &live,
+        )))
+    };
+    let mut nginx = None;
     for threads in THREADS {
         let bare = RunningPassThrough::start(threads, upstream);
         let (main, small, pg) = client.block_on(async {
@@ -236,7 +256,7 @@ fn main() {
             };
             (main, small, pg)
         });
-        client.block_on(prime(main.addr, &live, true));
+        let identity = client.block_on(prime(main.addr, &live, true));
         client.block_on(prime(main.addr, &plain, false));
         let scenario =
             |name, addr, store: Option<&RunningGateway>, expect, make: MakeRequest| Scenario {
@@ -249,11 +269,13 @@ fn main() {
                     expect,
                     make,
                 },
-                workers: if store.is_some() {
+                driver: Driver::Hyper,
+                baseline: BARE,
+                proxy_cpu: cpu::Source::Threads(if store.is_some() {
                     "mpapi-worker"
                 } else {
                     "bare-worker"
-                },
+                }),
                 store: store.map(|gateway| gateway.state.store.clone()),
                 outcome: Outcome::default(),
                 rounds: Vec::new(),
@@ -263,7 +285,7 @@ fn main() {
         let ok = StatusCode::OK;
         let refused = StatusCode::UNAUTHORIZED;
         list.push(scenario(
-            "bare pass-through",
+            BARE,
             bare.addr,
             None,
             ok,
@@ -341,12 +363,65 @@ fn main() {
                 scenarios::login(pg.addr, simulator.clone(), "pgsql", plan.login_users),
             ));
         }
+        // What users compare mpapi with: one nginx process against one proxy thread.
+        if threads == 1 && (plan.wants("nginx proxying") || plan.wants("nginx auth_request")) {
+            nginx = start_nginx(upstream, &identity);
+        }
+        if let Some(nginx) = nginx.as_ref().filter(|_| threads == 1) {
+            for (name, addr) in [
+                ("nginx proxying", nginx.proxy),
+                ("nginx auth_request", nginx.auth_request),
+            ] {
+                list.push(Scenario {
+                    proxy_cpu: cpu::Source::Process(nginx.pid()),
+                    ..scenario(
+                        name,
+                        addr,
+                        None,
+                        ok,
+                        scenarios::app_get(addr, c, live.clone()),
+                    )
+                });
+            }
+        }
+        if let Some(script) = wrk_script.as_ref().filter(|_| threads == 1) {
+            let mut targets = vec![
+                (BARE_WRK, bare.addr, cpu::Source::Threads("bare-worker")),
+                (
+                    "cached token, wrk",
+                    main.addr,
+                    cpu::Source::Threads("mpapi-worker"),
+                ),
+            ];
+            if let Some(nginx) = &nginx {
+                let pid = cpu::Source::Process(nginx.pid());
+                targets.push(("nginx proxying, wrk", nginx.proxy, pid));
+                targets.push(("nginx auth_request, wrk", nginx.auth_request, pid));
+            }
+            for (name, addr, proxy_cpu) in targets {
+                list.push(Scenario {
+                    driver: Driver::Wrk(script.clone()),
+                    baseline: BARE_WRK,
+                    proxy_cpu,
+                    ..scenario(
+                        name,
+                        addr,
+                        None,
+                        ok,
+                        scenarios::app_get(addr, c, live.clone()),
+                    )
+                });
+            }
+        }
         bares.push(bare);
         gateways.extend([main, small]);
         gateways.extend(pg);
     }
     if postgres.is_none() {
         println!("login (PostgreSQL): skipped, MPAPI_TEST_POSTGRES_URL is not set");
+    }
+    if !bench {
+        wrk::self_test();
     }
     list.retain(|scenario| plan.wants(scenario.name));
 
@@ -364,26 +439,20 @@ fn main() {
     for round in 0..plan.rounds {
         for scenario in &mut list {
             let before = scenario.store.as_ref().map_or(0, |s| s.query_count());
-            let cpu_before = thread_cpu_us(scenario.workers);
-            let mut outcome = client.block_on(generator::run(&scenario.load));
-            let cpu = thread_cpu_us(scenario.workers) - cpu_before;
+            let (outcome, round_figures) = measure(&client, scenario);
             scenario.queries += scenario.store.as_ref().map_or(0, |s| s.query_count()) - before;
             println!(
-                "round {}/{}: {:<22} {} thread(s): {:>8.0} req/s, {} failed",
+                "round {}/{}: {:<24} {} thread(s): {:>8.0} req/s, {:>5.1} µs CPU/req (generator {:>4.1}), {} failed",
                 round + 1,
                 plan.rounds,
                 scenario.name,
                 scenario.threads,
-                outcome.per_second(),
+                round_figures.per_second,
+                round_figures.cpu_us,
+                round_figures.generator_cpu_us,
                 outcome.failed
             );
-            scenario.rounds.push(Round {
-                per_second: outcome.per_second(),
-                p50_ms: outcome.percentile_ms(50),
-                p99_ms: outcome.percentile_ms(99),
-                cpu_us: cpu as f64 / outcome.answered.max(1) as f64,
-            });
-            outcome.latencies_us = Vec::new();
+            scenario.rounds.push(round_figures);
             scenario.outcome.merge(outcome);
         }
     }
@@ -429,6 +498,12 @@ fn main() {
     for bare in bares {
         bare.stop();
     }
+    if let Some(nginx) = nginx {
+        nginx.stop();
+    }
+    // The wrk script's temp file goes with its last holder, before any `exit` below.
+    drop(list);
+    drop(wrk_script);
     drop(postgres);
     drop(sqlite);
 
@@ -443,6 +518,49 @@ fn main() {
     }
 }
 
+/// One measured run of `scenario`, with the CPU time its proxy and its generator spent.
+fn measure(client: &tokio::runtime::Runtime, scenario: &Scenario) -> (Outcome, Round) {
+    let load = &scenario.load;
+    let proxy_before = scenario.proxy_cpu.used_us();
+    let (mut outcome, p50_ms, p99_ms, generator_us) = match &scenario.driver {
+        Driver::Hyper => {
+            let generator_before = cpu::threads_us(GENERATOR_THREADS);
+            let mut outcome = client.block_on(generator::run(load));
+            let generator_us = cpu::threads_us(GENERATOR_THREADS) - generator_before;
+            let (p50, p99) = (outcome.percentile_ms(50), outcome.percentile_ms(99));
+            (outcome, p50, p99, generator_us as f64)
+        }
+        Driver::Wrk(script) => {
+            let run = wrk::run(
+                load.addr,
+                scenarios::APP_PATH,
+                load.connections,
+                load.duration,
+                script,
+            );
+            let generator_us = run.cpu_us * run.outcome.answered as f64;
+            (run.outcome, run.p50_ms, run.p99_ms, generator_us)
+        }
+    };
+    let proxy_us = scenario.proxy_cpu.used_us() - proxy_before;
+    outcome.latencies_us = Vec::new();
+    let answered = outcome.answered.max(1) as f64;
+    let round = Round {
+        per_second: outcome.per_second(),
+        p50_ms,
+        p99_ms,
+        cpu_us: proxy_us as f64 / answered,
+        generator_cpu_us: generator_us / answered,
+    };
+    (outcome, round)
+}
+
+/// Whether `program` is an executable file on PATH.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
 fn runtime(name: &str, threads: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -453,8 +571,13 @@ fn runtime(name: &str, threads: usize) -> tokio::runtime::Runtime {
 }
 
 /// Request every live token once through `gateway`, so the measured runs find them cached,
-/// then check that the upstream receives the identity headers (all five when `full`).
-async fn prime(gateway: SocketAddr, live: &Arc<Vec<String>>, full: bool) {
+/// then check that the upstream receives the identity headers (all five when `full`); returns
+/// the headers one request carried upstream.
+async fn prime(
+    gateway: SocketAddr,
+    live: &Arc<Vec<String>>,
+    full: bool,
+) -> Vec<(&'static str, String)> {
     let load = Load {
         addr: gateway,
         connections: 1,
@@ -471,6 +594,7 @@ async fn prime(gateway: SocketAddr, live: &Arc<Vec<String>>, full: bool) {
     let (status, body) = generator::fetch(gateway, request).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let mut injected = Vec::new();
     for (i, name) in mpapi::gateway::identity::INJECTED.into_iter().enumerate() {
         let value = seen[name].as_str();
         assert!(value.is_some(), "{name} was not injected: {seen}");
@@ -479,6 +603,24 @@ async fn prime(gateway: SocketAddr, live: &Arc<Vec<String>>, full: bool) {
                 value.is_some_and(|v| !v.is_empty()),
                 "{name} is empty: {seen}"
             );
+        }
+        injected.push((name, value.unwrap_or_default().to_string()));
+    }
+    injected
+}
+
+/// nginx in front of `upstream`, injecting `identity`; `None`, with a note, when it is not
+/// installed or does not start.
+fn start_nginx(upstream: SocketAddr, identity: &[(&str, String)]) -> Option<nginx::Nginx> {
+    if !on_path("nginx") {
+        println!("nginx rows: skipped, nginx is not on PATH (apt package nginx)");
+        return None;
+    }
+    match nginx::Nginx::start(upstream, identity) {
+        Ok(nginx) => Some(nginx),
+        Err(error) => {
+            println!("nginx rows: skipped, {error}");
+            None
         }
     }
 }
@@ -516,7 +658,7 @@ fn dispatcher_rows(
                     prefix,
                     plan.dispatch_users,
                     plan.dispatch_count,
-                    || thread_cpu_us("mpapi-worker"),
+                    || cpu::threads_us("mpapi-worker"),
                 )
                 .await;
                 gateway.stop().await;
@@ -549,6 +691,7 @@ fn dispatch_row(name: &str, threads: usize, run: dispatch::Dispatched) -> Row {
         failures: run.failures,
         store_queries: Some(run.queries),
         cpu_us: run.cpu_us,
+        generator_cpu_us: None,
         rounds_per_second: vec![run.per_second.round()],
     }
 }
@@ -557,15 +700,16 @@ fn dispatch_row(name: &str, threads: usize, run: dispatch::Dispatched) -> Row {
 /// taken round by round (the two ran seconds apart, under the same machine noise) before the
 /// median is taken.
 fn rows(list: &[Scenario]) -> Vec<Row> {
-    let bare = |threads: usize| {
+    let bare = |baseline: &str, threads: usize| {
         list.iter()
-            .find(|s| s.name == "bare pass-through" && s.threads == threads)
+            .find(|s| s.name == baseline && s.threads == threads)
             .map(|s| &s.rounds)
     };
     list.iter()
         .map(|scenario| {
             let rounds = &scenario.rounds;
-            let paired = bare(scenario.threads).filter(|b| b.len() == rounds.len());
+            let paired =
+                bare(scenario.baseline, scenario.threads).filter(|b| b.len() == rounds.len());
             Row {
                 scenario: scenario.name.to_string(),
                 threads: scenario.threads,
@@ -573,6 +717,7 @@ fn rows(list: &[Scenario]) -> Vec<Row> {
                 p50_ms: median(rounds.iter().map(|r| r.p50_ms)),
                 p99_ms: median(rounds.iter().map(|r| r.p99_ms)),
                 cpu_us: median(rounds.iter().map(|r| r.cpu_us)),
+                generator_cpu_us: Some(median(rounds.iter().map(|r| r.generator_cpu_us))),
                 ratio: paired.map(|bare| {
                     median(
                         rounds
@@ -701,6 +846,7 @@ async fn self_test(upstream: SocketAddr, sim_addr: SocketAddr) {
         failures: outcome.failures.clone(),
         store_queries: None,
         cpu_us: 0.0,
+        generator_cpu_us: None,
         rounds_per_second: Vec::new(),
     };
     assert!(verdict(&[row]).is_err(), "a run with failures must fail");

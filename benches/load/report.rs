@@ -24,6 +24,9 @@ pub struct Row {
     pub store_queries: Option<u64>,
     /// CPU time of the proxy's worker threads per request, in microseconds.
     pub cpu_us: f64,
+    /// CPU time of the load generator per request, in microseconds (None for rows that are
+    /// not request loads).
+    pub generator_cpu_us: Option<f64>,
     /// Requests per second of each round, in order.
     pub rounds_per_second: Vec<f64>,
 }
@@ -53,18 +56,21 @@ pub fn machine() -> Value {
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     out.push_str(
-        "| scenario | threads | requests/s | p50 ms | p99 ms | × bare | p99 − bare ms | proxy CPU µs/req | store queries |\n",
+        "| scenario | threads | requests/s | p50 ms | p99 ms | × bare | p99 − bare ms | proxy CPU µs/req | generator CPU µs/req | store queries |\n",
     );
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for row in rows {
         let ratio = row.ratio.map_or("—".into(), |r| format!("{r:.3}"));
         let over = row
             .p99_over_bare_ms
             .map_or("—".into(), |d| format!("{d:+.3}"));
         let queries = row.store_queries.map_or("—".into(), |q| q.to_string());
+        let generator = row
+            .generator_cpu_us
+            .map_or("—".into(), |us| format!("{us:.1}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {:.1} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {:.1} | {} | {} |",
             row.scenario,
             row.threads,
             row.per_second,
@@ -73,6 +79,7 @@ pub fn table(rows: &[Row]) -> String {
             ratio,
             over,
             row.cpu_us,
+            generator,
             queries
         );
     }
@@ -103,6 +110,7 @@ pub fn write_json(rows: &[Row], context: Value, file: &str) -> std::io::Result<P
                 "failures": row.failures,
                 "store_queries": row.store_queries,
                 "proxy_cpu_us_per_request": row.cpu_us,
+                "generator_cpu_us_per_request": row.generator_cpu_us,
                 "rounds_requests_per_second": row.rounds_per_second,
             })
         })

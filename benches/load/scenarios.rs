@@ -17,7 +17,7 @@ use crate::world::{APPID, SESSION_KEY, openid};
 pub const APP_PATH: &str = "/app/orders/7?page=2";
 
 /// Headers a mini program sends with every request.
-fn client_headers(addr: SocketAddr) -> HeaderMap {
+pub fn client_headers(addr: SocketAddr) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let pairs = [
         ("host", addr.to_string()),

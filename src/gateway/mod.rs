@@ -77,7 +77,9 @@ impl ProxyHttp for Gateway {
         };
         match route {
             Route::Native(endpoint) => {
-                api::serve(&self.state, session, endpoint, &app).await?;
+                // Boxed so that proxied requests do not carry the endpoints' kilobytes of
+                // state in this phase's future (Pingora allocates it on every request).
+                Box::pin(api::serve(&self.state, session, endpoint, &app)).await?;
                 Ok(true)
             }
             Route::Proxy => match self.authenticate(session.req_header(), &app).await {
@@ -168,8 +170,8 @@ pub fn prepare_upstream_request(request: &mut RequestHeader, ctx: &RequestCtx) -
     if let Some(upstream) = &ctx.upstream {
         let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
         let rewritten = routing::upstream_path(&upstream.config.path_prefix, path);
-        let uri = rewritten
-            .parse()
+        // From the `String` itself: the URI keeps its buffer instead of copying it.
+        let uri = http::Uri::try_from(rewritten)
             .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad request path"))?;
         request.set_uri(uri);
         request.insert_header(http::header::HOST, upstream.host.clone())?;

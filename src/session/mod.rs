@@ -146,7 +146,9 @@ impl Sessions {
         let session = match self.live.get(&hash) {
             Some(session) if now - session.loaded_at < self.cache_ttl => session,
             _ if !self.signer.verify(token) => return Err(ApiError::NotLoggedIn),
-            _ => self.load(hash, now).await?,
+            // Boxed: the store query's state is kilobytes, and unboxed it would make every
+            // request's future (Pingora boxes each phase's) that large, hits included.
+            _ => Box::pin(self.load(hash, now)).await?,
         };
         // A token is bound to the app it was issued for.
         if *session.appid != *appid {
@@ -320,4 +322,30 @@ fn decode_hash(hex_hash: &str) -> Option<TokenHash> {
     let mut hash = [0u8; 32];
     hex::decode_to_slice(hex_hash, &mut hash).ok()?;
     Some(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `authenticate` returns for these arguments.
+    fn authenticate_future_size<'a, R>(_: fn(&'a Sessions, &'a str, &'a str) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    fn authenticate<'a>(
+        sessions: &'a Sessions,
+        appid: &'a str,
+        token: &'a str,
+    ) -> impl std::future::Future + 'a {
+        sessions.authenticate(appid, token)
+    }
+
+    /// Pingora allocates every phase's future on every request, and `request_filter`'s holds
+    /// this one: a cache hit must not pay for the store query's state.
+    #[test]
+    fn authenticating_a_cached_token_carries_no_store_query_state() {
+        let size = authenticate_future_size(authenticate);
+        assert!(size <= 256, "authenticate's future is {size} bytes");
+    }
 }

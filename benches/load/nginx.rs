@@ -1,0 +1,146 @@
+//! What an ops team would run instead of mpapi: nginx in front of the same upstream, once as a
+//! plain reverse proxy and once with `auth_request`, the usual way to put authentication in
+//! front of backends with nginx.
+//!
+//! The auth subrequest is answered by an nginx location (`return 200`): the floor of that
+//! design, since a real deployment sends it to an auth service over HTTP. The authenticated
+//! location then does what mpapi does to a request: drops `User-Token`, sets the five identity
+//! headers (the values mpapi renders for a full-profile user), and rewrites `/app/` to `/api/`.
+//! One process (`master_process off`), as the proxies under test run one worker thread; no
+//! access log, like them; connections kept open indefinitely on both sides, like Pingora's. Started from a config generated in a temp dir, stopped at the end.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running nginx with its two servers.
+pub struct Nginx {
+    /// `proxy_pass` only.
+    pub proxy: SocketAddr,
+    /// `auth_request`, identity headers and path rewrite, then `proxy_pass`.
+    pub auth_request: SocketAddr,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// Start one in front of `upstream`, injecting `identity` (header name, value) pairs.
+    pub fn start(upstream: SocketAddr, identity: &[(&str, String)]) -> std::io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("mpapi_bench_nginx_{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        let proxy = free_port()?;
+        let auth_request = free_port()?;
+        let config = config(&dir, upstream, proxy, auth_request, identity);
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, config)?;
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut nginx = Self {
+            proxy,
+            auth_request,
+            child,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(proxy).is_err() || TcpStream::connect(auth_request).is_err() {
+            if Instant::now() > deadline || nginx.child.try_wait()?.is_some() {
+                let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
+                nginx.stop();
+                return Err(std::io::Error::other(format!("nginx did not start: {log}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(nginx)
+    }
+
+    /// The nginx process (its only one), whose CPU time the rows charge.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stop it and remove its directory.
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn config(
+    dir: &std::path::Path,
+    upstream: SocketAddr,
+    proxy: SocketAddr,
+    auth_request: SocketAddr,
+    identity: &[(&str, String)],
+) -> String {
+    let dir = dir.display();
+    let identity: String = identity
+        .iter()
+        .map(|(name, value)| format!("            proxy_set_header {name} '{value}';\n"))
+        .collect();
+    format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    # Keep connections open as the proxies under test do (nginx closes them after 1,000
+    # requests by default, which the generator would count as failures).
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {dir}/tmp;
+    proxy_temp_path {dir}/tmp;
+    fastcgi_temp_path {dir}/tmp;
+    uwsgi_temp_path {dir}/tmp;
+    scgi_temp_path {dir}/tmp;
+    upstream backend {{
+        server {upstream};
+        keepalive 1024;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen {proxy};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+    server {{
+        listen {auth_request};
+        location = /auth {{
+            internal;
+            return 200;
+        }}
+        location /app/ {{
+            auth_request /auth;
+            proxy_pass http://backend/api/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header User-Token "";
+{identity}        }}
+    }}
+}}
+"#
+    )
+}
+
+/// A port nothing listens on now (bound and released; nginx binds it a moment later).
+fn free_port() -> std::io::Result<SocketAddr> {
+    TcpListener::bind("127.0.0.1:0")?.local_addr()
+}

@@ -265,6 +265,7 @@ apps:
         upstream: app.pick_upstream(),
         app: Some(app.clone()),
         session: Some(session),
+        ..RequestCtx::default()
     };
     let request = client_request(&token);
     let mut group = c.benchmark_group("routing");

@@ -14,4 +14,6 @@ pub struct RequestCtx {
     pub session: Option<Arc<Session>>,
     /// The upstream chosen for this request.
     pub upstream: Option<Arc<Upstream>>,
+    /// The proxied path with dot segments removed, only when it differs from the request's.
+    pub resolved_path: Option<String>,
 }

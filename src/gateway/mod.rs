@@ -13,6 +13,7 @@
 
 pub mod ctx;
 pub mod identity;
+pub mod path;
 pub mod respond;
 pub mod routing;
 
@@ -67,6 +68,11 @@ impl ProxyHttp for Gateway {
         session: &mut HttpSession,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
+        if has_ambiguous_identity(session.req_header()) {
+            let error = ApiError::InvalidParam("ambiguous User-App or User-Token".into());
+            respond::error(session, &error).await?;
+            return Ok(true);
+        }
         let Some(route) = Route::of(session.req_header().uri.path()) else {
             respond::error(session, &ApiError::NotFound).await?;
             return Ok(true);
@@ -82,17 +88,18 @@ impl ProxyHttp for Gateway {
                 Box::pin(api::serve(&self.state, session, endpoint, &app)).await?;
                 Ok(true)
             }
-            Route::Proxy => match self.authenticate(session.req_header(), &app).await {
-                Ok(user) => {
-                    ctx.session = user;
-                    ctx.app = Some(app);
-                    Ok(false)
+            Route::Proxy => {
+                match path::resolve(session.req_header().uri.path()) {
+                    Ok(std::borrow::Cow::Borrowed(_)) => {}
+                    Ok(std::borrow::Cow::Owned(resolved)) => ctx.resolved_path = Some(resolved),
+                    Err(_) => {
+                        let error = ApiError::InvalidParam("path outside the app".into());
+                        respond::error(session, &error).await?;
+                        return Ok(true);
+                    }
                 }
-                Err(error) => {
-                    respond::error(session, &error).await?;
-                    Ok(true)
-                }
-            },
+                self.proxy(session, ctx, app).await
+            }
         }
     }
 
@@ -160,6 +167,13 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// More than one `User-App` or `User-Token`: which one counts would depend on who reads it.
+fn has_ambiguous_identity(request: &RequestHeader) -> bool {
+    ["user-app", "user-token"]
+        .iter()
+        .any(|name| request.headers.get_all(*name).iter().nth(1).is_some())
+}
+
 /// Turn the client's request into the upstream's: strip client-sent identity, inject the
 /// session's, rewrite the path under the upstream's prefix, set `Host` and `Authorization`.
 pub fn prepare_upstream_request(request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
@@ -168,8 +182,20 @@ pub fn prepare_upstream_request(request: &mut RequestHeader, ctx: &RequestCtx) -
         identity::inject(request, &user.identity)?;
     }
     if let Some(upstream) = &ctx.upstream {
-        let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
-        let rewritten = routing::upstream_path(&upstream.config.path_prefix, path);
+        let rewritten = match &ctx.resolved_path {
+            Some(resolved) => {
+                let mut path = resolved.clone();
+                if let Some(query) = request.uri.query() {
+                    path.push('?');
+                    path.push_str(query);
+                }
+                routing::upstream_path(&upstream.config.path_prefix, &path)
+            }
+            None => {
+                let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
+                routing::upstream_path(&upstream.config.path_prefix, path)
+            }
+        };
         // From the `String` itself: the URI keeps its buffer instead of copying it.
         let uri = http::Uri::try_from(rewritten)
             .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad request path"))?;
@@ -183,6 +209,26 @@ pub fn prepare_upstream_request(request: &mut RequestHeader, ctx: &RequestCtx) -
 }
 
 impl Gateway {
+    /// Authenticate a proxied request; `true` when it was answered here.
+    async fn proxy(
+        &self,
+        session: &mut HttpSession,
+        ctx: &mut RequestCtx,
+        app: Arc<App>,
+    ) -> Result<bool> {
+        match self.authenticate(session.req_header(), &app).await {
+            Ok(user) => {
+                ctx.session = user;
+                ctx.app = Some(app);
+                Ok(false)
+            }
+            Err(error) => {
+                respond::error(session, &error).await?;
+                Ok(true)
+            }
+        }
+    }
+
     /// The app named by `User-App`, or by `?appid=` when the header is absent.
     fn resolve_app(&self, request: &RequestHeader) -> Option<Arc<App>> {
         if let Some(value) = request.headers.get("user-app") {

@@ -9,6 +9,7 @@ mod config;
 mod credentials;
 mod helpdesk;
 mod login;
+mod logout;
 mod message_reply;
 mod messages;
 mod mobile;

@@ -44,8 +44,9 @@ async fn logout_of_an_unknown_or_retired_token_is_refused(db: Db) {
     let token = app.login("pavel").await;
     let (status, _) = logout(&app, &token).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = logout(&app, &token).await;
+    let (status, body) = logout(&app, &token).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "already retired");
+    assert_eq!(body["status"], 10001, "{body}");
     let retired = app.login("pavel").await;
     let _current = app.login("pavel").await;
     let (status, _) = logout(&app, &retired).await;

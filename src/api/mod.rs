@@ -4,6 +4,7 @@
 
 mod body;
 mod login;
+mod logout;
 mod wxcode;
 // /credentials and /mobile.
 mod credentials;
@@ -39,6 +40,7 @@ pub enum Reply {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Login,
+    Logout,
     WxCode,
     Credentials,
     Mobile,
@@ -54,6 +56,7 @@ impl Endpoint {
     pub fn from_path(path: &str) -> Option<Self> {
         match path {
             "/login" => Some(Self::Login),
+            "/logout" => Some(Self::Logout),
             "/wxcode" => Some(Self::WxCode),
             "/credentials" => Some(Self::Credentials),
             "/mobile" => Some(Self::Mobile),
@@ -78,6 +81,7 @@ pub async fn serve(
 ) -> pingora::Result<()> {
     let outcome = match endpoint {
         Endpoint::Login => login::handle(state, session, app).await.map(Reply::Json),
+        Endpoint::Logout => logout::handle(state, session, app).await.map(Reply::Json),
         Endpoint::WxCode => wxcode::handle(state, session, app).await,
         Endpoint::Credentials => credentials::handle(state, session, app)
             .await

@@ -270,6 +270,18 @@ impl Sessions {
         Ok(Login { token, user })
     }
 
+    /// End `session` at once: the store forgets its token and this node's caches refuse it.
+    /// `false` when the store no longer held it as live (retired by a login or a logout).
+    pub async fn logout(&self, session: &Session) -> Result<bool, StoreError> {
+        let live = self
+            .store
+            .retire_session(session.user_id, &session.token_hash_hex())
+            .await?;
+        self.live.remove(&session.token_hash);
+        self.unknown.insert(session.token_hash, ()).await;
+        Ok(live)
+    }
+
     /// Re-render a cached session after its user's profile or mobile changed, so the next
     /// proxied request carries the new headers.
     pub async fn refresh(&self, session: &Session, user: &UserRow) {

@@ -61,6 +61,7 @@ pub(super) struct Statements {
     token_of: String,
     upsert_login: String,
     extend: String,
+    retire: String,
 }
 
 impl Statements {
@@ -96,6 +97,7 @@ impl Statements {
             ),
             extend: dialect
                 .sql("UPDATE users SET expires_at = ? WHERE id = ? AND token_hash = ? AND expires_at < ?"),
+            retire: dialect.sql("UPDATE users SET token_hash = NULL WHERE id = ? AND token_hash = ?"),
         }
     }
 }
@@ -179,5 +181,17 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// End the session `token_hash` of user `user_id`. Returns whether it was still live:
+    /// false when a login or another logout retired it meanwhile.
+    pub async fn retire_session(&self, user_id: i64, token_hash: &str) -> Result<bool, StoreError> {
+        self.count(1);
+        let done = sqlx::query(&self.sql.retire)
+            .bind(user_id)
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 }

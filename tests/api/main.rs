@@ -10,6 +10,7 @@ mod credentials;
 mod hardening;
 mod helpdesk;
 mod login;
+mod logout;
 mod message_reply;
 mod messages;
 mod mobile;

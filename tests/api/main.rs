@@ -16,4 +16,5 @@ mod notify;
 mod proxy;
 mod resilience;
 mod sessions;
+mod systemd;
 mod wxcode;

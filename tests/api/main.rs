@@ -17,4 +17,5 @@ mod proxy;
 mod resilience;
 mod sessions;
 mod systemd;
+mod tls;
 mod wxcode;

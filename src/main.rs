@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mpapi::config::Config;
+use mpapi::server::{Listeners, TlsListener};
 use mpapi::sim::Simulator;
+use mpapi::tls::CertificateResolver;
 
 #[derive(Parser)]
 #[command(
@@ -76,14 +78,29 @@ fn run_gateway(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let listener = std::net::TcpListener::bind(config.server.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
-    let gateway = runtime.block_on(mpapi::server::spawn(config, listener))?;
-    tracing::info!(addr = %gateway.addr, "mpapi gateway listening");
+    let plain = config.server.listen.map(bind).transpose()?;
+    let tls = match &config.server.tls {
+        Some(tls) => Some(TlsListener {
+            listener: bind(tls.listen)?,
+            certificates: CertificateResolver::new(tls.load_certificates()?),
+        }),
+        None => None,
+    };
+    let gateway = runtime.block_on(mpapi::server::spawn_with(config, Listeners { plain, tls }))?;
+    if gateway.tls_addr != Some(gateway.addr) {
+        tracing::info!(addr = %gateway.addr, "mpapi gateway listening");
+    }
+    if let Some(addr) = gateway.tls_addr {
+        tracing::info!(%addr, "mpapi gateway listening with TLS");
+    }
     runtime.block_on(shutdown_signal());
     tracing::info!("shutting down");
     gateway.stop_blocking();
     Ok(())
+}
+
+fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
+    std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 fn run_simulator(config: &Config, listen: &str) -> Result<(), Box<dyn std::error::Error>> {

@@ -190,3 +190,83 @@ async fn plain_http_or_an_unknown_name_on_the_tls_port_fails_only_that_connectio
     );
     world.stop().await;
 }
+
+/// `mpapi -t` on a file whose `server:` section is `server`; returns success and stderr.
+fn dash_t(dir: &Path, server: &str) -> (bool, String) {
+    let yaml = format!(
+        r#"
+server: {server}
+database: {{ url: "sqlite://x.db?mode=rwc" }}
+wechat: {{ api_base: "https://api.weixin.qq.com" }}
+apps:
+  - appid: "wx1"
+    secret: "s"
+    upstreams: ["http://127.0.0.1:9000/api"]
+"#
+    );
+    let file = dir.join("mpapi.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mpapi"))
+        .args(["-t", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dash_t_names_the_key_of_a_missing_certificate_or_a_key_that_does_not_match() {
+    let dir = std::env::temp_dir().join(format!("mpapi_tls_{}", mpapi::sim::random_hex(8)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some((api, _)) = certificate(&dir, HOST) else {
+        eprintln!("skipped: no openssl command to make certificates");
+        return;
+    };
+    let (other, _) = certificate(&dir, "other.example.com").unwrap();
+    let tls = |cert: &Path, key: &Path| {
+        format!(
+            r#"{{ tls: {{ listen: "127.0.0.1:0", cert: "{}", key: "{}" }} }}"#,
+            cert.display(),
+            key.display()
+        )
+    };
+
+    let (ok, stderr) = dash_t(&dir, &tls(&api.cert, &api.key));
+    assert!(ok, "TLS alone, without server.listen: {stderr}");
+
+    let (ok, stderr) = dash_t(&dir, &tls(&dir.join("absent.crt"), &api.key));
+    assert!(!ok);
+    assert!(stderr.contains("server.tls.cert: cannot read"), "{stderr}");
+
+    let (ok, stderr) = dash_t(&dir, &tls(&api.cert, &other.key));
+    assert!(!ok);
+    assert!(
+        stderr.contains("server.tls.key: the key does not match"),
+        "{stderr}"
+    );
+
+    let extra = format!(
+        r#"{{ tls: {{ listen: "127.0.0.1:0", cert: "{}", key: "{}", certificates: [{{ cert: "{}", key: "{}" }}] }} }}"#,
+        api.cert.display(),
+        api.key.display(),
+        other.cert.display(),
+        api.key.display()
+    );
+    let (ok, stderr) = dash_t(&dir, &extra);
+    assert!(!ok);
+    assert!(
+        stderr.contains("server.tls.certificates[0].key: the key does not match"),
+        "{stderr}"
+    );
+
+    let (ok, stderr) = dash_t(&dir, "{ threads: 2 }");
+    assert!(!ok);
+    assert!(
+        stderr.contains("server.listen: required unless server.tls is set"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -24,12 +24,13 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::config::TlsConfig;
 use crate::gateway::Gateway;
 use crate::notify;
 use crate::shutdown::wait_for;
 use crate::sim::{self, Simulator};
 use crate::state::{StartError, State};
-use crate::tls::CertificateResolver;
+use crate::tls::{CertificateResolver, TlsError, reload_certificates};
 
 /// The sockets a gateway serves, already bound: plain HTTP, TLS, or both.
 pub struct Listeners {
@@ -49,6 +50,8 @@ pub struct RunningGateway {
     pub addr: SocketAddr,
     /// Where it terminates TLS, if it does.
     pub tls_addr: Option<SocketAddr>,
+    /// The certificates the TLS listener serves, swappable by [`RunningGateway::reload_certificates`].
+    certificates: Option<Arc<CertificateResolver>>,
     /// Its shared state (tests read the store's query count from here).
     pub state: Arc<State>,
     shutdown: watch::Sender<bool>,
@@ -58,6 +61,15 @@ pub struct RunningGateway {
 }
 
 impl RunningGateway {
+    /// Serve the certificates of `tls` to new TLS handshakes (open connections keep theirs).
+    /// On any error nothing changes and the error names the key of the file at fault.
+    pub fn reload_certificates(&self, tls: &TlsConfig) -> Result<(), TlsError> {
+        match &self.certificates {
+            Some(resolver) => reload_certificates(resolver, &tls.certificates),
+            None => Err(TlsError::NotListening),
+        }
+    }
+
     /// Stop accepting, let requests in flight finish (up to a few seconds), and wait.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
@@ -119,6 +131,7 @@ pub async fn spawn_with(
         }
         None => None,
     };
+    let certificates = listeners.tls.as_ref().map(|tls| tls.certificates.clone());
     let tls_addr = match &listeners.tls {
         Some(tls) => {
             tls.listener.set_nonblocking(true)?;
@@ -182,6 +195,7 @@ pub async fn spawn_with(
     Ok(RunningGateway {
         addr,
         tls_addr,
+        certificates,
         state,
         shutdown: shutdown_tx,
         killed,

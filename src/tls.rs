@@ -50,6 +50,8 @@ pub enum TlsError {
     KeyMismatch { key: String, cert: PathBuf },
     #[error("server.tls: no certificate configured")]
     Empty,
+    #[error("server.tls: the gateway was started without a TLS listener")]
+    NotListening,
     #[error("server.tls: no TLS crypto provider available")]
     NoCryptoProvider,
 }

@@ -151,6 +151,46 @@ async fn http2_over_tls_reaches_the_upstream_with_identity_headers() {
 }
 
 #[tokio::test]
+async fn reloaded_certificates_serve_new_handshakes_without_a_restart() {
+    let Some(world) = TlsWorld::start().await else {
+        return;
+    };
+    let next_dir = world.dir.join("next");
+    std::fs::create_dir_all(&next_dir).unwrap();
+    let (next, next_cert) = certificate(&next_dir, HOST).unwrap();
+    let next_ca = reqwest::Certificate::from_pem(&std::fs::read(next_cert).unwrap()).unwrap();
+    let trusting_next = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(next_ca)
+        .resolve(HOST, world.tls_addr)
+        .build()
+        .unwrap();
+    let path = world.url(HOST, "/app/public");
+    assert!(
+        trusting_next.get(&path).send().await.is_err(),
+        "not served yet"
+    );
+    let tls = mpapi::config::TlsConfig {
+        listen: world.tls_addr,
+        certificates: vec![next],
+    };
+    world.gateway.reload_certificates(&tls).unwrap();
+    let response = trusting_next
+        .get(&path)
+        .header("User-App", APPID)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        world.client(HOST).get(&path).send().await.is_err(),
+        "the old one is gone"
+    );
+    world.stop().await;
+}
+
+#[tokio::test]
 async fn plain_http_or_an_unknown_name_on_the_tls_port_fails_only_that_connection() {
     let Some(world) = TlsWorld::start().await else {
         return;

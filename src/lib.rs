@@ -3,6 +3,7 @@
 //! # Map
 //! - [`config`]: the YAML file, validated once into a typed model.
 //! - [`server`]: starts a gateway on a bound listener; used by `main`, tests and benches.
+//! - [`tls`]: TLS certificates behind a swappable SNI resolver, checked and reloaded by key.
 //! - [`gateway`]: the `ProxyHttp` implementation — the request path.
 //! - [`session`]: tokens, the session cache, sliding expiry — the hot path's other half.
 //! - [`store`]: users and sessions in SQLite, PostgreSQL or MySQL (sqlx, migrated at start).
@@ -47,5 +48,6 @@ pub mod shutdown;
 pub mod sim;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod types;
 pub mod wechat;

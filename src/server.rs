@@ -1,6 +1,7 @@
 //! Starting and stopping a gateway: the one code path used by `main`, the tests and the benches.
 //!
-//! [`spawn`] takes an already-bound listener (tests bind port 0) and runs the Pingora proxy
+//! [`spawn`] takes an already-bound listener (tests bind port 0), [`spawn_with`] a plain and/or
+//! a TLS one (certificates behind a [`CertificateResolver`]), and runs the Pingora proxy
 //! service, the upstream health checks, the notification dispatcher and any `dev:` side
 //! services on a runtime of its own
 //! with `server.threads` workers. Pingora's `Server` is not used: it owns the process (signals,
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Fds, ListenFds};
 use pingora::services::Service as _;
@@ -22,16 +24,34 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::config::TlsConfig;
 use crate::gateway::Gateway;
 use crate::notify;
 use crate::shutdown::wait_for;
 use crate::sim::{self, Simulator};
 use crate::state::{StartError, State};
+use crate::tls::{CertificateResolver, TlsError, reload_certificates};
+
+/// The sockets a gateway serves, already bound: plain HTTP, TLS, or both.
+pub struct Listeners {
+    pub plain: Option<std::net::TcpListener>,
+    pub tls: Option<TlsListener>,
+}
+
+/// A socket for TLS termination and the certificates it serves (swappable while it runs).
+pub struct TlsListener {
+    pub listener: std::net::TcpListener,
+    pub certificates: Arc<CertificateResolver>,
+}
 
 /// A gateway running on its own threads.
 pub struct RunningGateway {
-    /// Where it listens.
+    /// Where it listens: the plain listener's address, else the TLS one's.
     pub addr: SocketAddr,
+    /// Where it terminates TLS, if it does.
+    pub tls_addr: Option<SocketAddr>,
+    /// The certificates the TLS listener serves, swappable by [`RunningGateway::reload_certificates`].
+    certificates: Option<Arc<CertificateResolver>>,
     /// Its shared state (tests read the store's query count from here).
     pub state: Arc<State>,
     shutdown: watch::Sender<bool>,
@@ -41,6 +61,15 @@ pub struct RunningGateway {
 }
 
 impl RunningGateway {
+    /// Serve the certificates of `tls` to new TLS handshakes (open connections keep theirs).
+    /// On any error nothing changes and the error names the key of the file at fault.
+    pub fn reload_certificates(&self, tls: &TlsConfig) -> Result<(), TlsError> {
+        match &self.certificates {
+            Some(resolver) => reload_certificates(resolver, &tls.certificates),
+            None => Err(TlsError::NotListening),
+        }
+    }
+
     /// Stop accepting, let requests in flight finish (up to a few seconds), and wait.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
@@ -80,8 +109,39 @@ pub async fn spawn(
     config: Config,
     listener: std::net::TcpListener,
 ) -> Result<RunningGateway, StartError> {
-    let addr = listener.local_addr()?;
-    listener.set_nonblocking(true)?;
+    spawn_with(
+        config,
+        Listeners {
+            plain: Some(listener),
+            tls: None,
+        },
+    )
+    .await
+}
+
+/// [`spawn`] with any of a plain and a TLS listener.
+pub async fn spawn_with(
+    config: Config,
+    listeners: Listeners,
+) -> Result<RunningGateway, StartError> {
+    let plain_addr = match &listeners.plain {
+        Some(listener) => {
+            listener.set_nonblocking(true)?;
+            Some(listener.local_addr()?)
+        }
+        None => None,
+    };
+    let certificates = listeners.tls.as_ref().map(|tls| tls.certificates.clone());
+    let tls_addr = match &listeners.tls {
+        Some(tls) => {
+            tls.listener.set_nonblocking(true)?;
+            Some(tls.listener.local_addr()?)
+        }
+        None => None,
+    };
+    let addr = plain_addr
+        .or(tls_addr)
+        .ok_or_else(|| StartError::Listener(std::io::Error::other("no listener to serve")))?;
     let threads = config.server.threads;
     let (ready_tx, ready_rx) = oneshot::channel();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -102,7 +162,7 @@ pub async fn spawn(
                     return;
                 }
             };
-            let started = runtime.block_on(start(config, listener, addr, shutdown_rx.clone()));
+            let started = runtime.block_on(start(config, listeners, shutdown_rx.clone()));
             let (started, dispatcher) = match started {
                 Ok((state, dispatcher)) => (Ok(state), Some(dispatcher)),
                 Err(error) => (Err(error), None),
@@ -134,6 +194,8 @@ pub async fn spawn(
         .map_err(|_| StartError::Listener(std::io::Error::other("gateway thread died")))??;
     Ok(RunningGateway {
         addr,
+        tls_addr,
+        certificates,
         state,
         shutdown: shutdown_tx,
         killed,
@@ -143,8 +205,7 @@ pub async fn spawn(
 
 async fn start(
     config: Config,
-    listener: std::net::TcpListener,
-    addr: SocketAddr,
+    listeners: Listeners,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<State>, JoinHandle<()>), StartError> {
     start_dev_services(&config, &shutdown).await?;
@@ -177,13 +238,31 @@ async fn start(
         },
         "mpapi",
     );
-    let key = addr.to_string();
-    service.add_tcp(&key);
     let mut fds = Fds::new();
-    fds.add(key, listener.into_raw_fd());
+    if let Some(listener) = listeners.plain {
+        let key = listener.local_addr()?.to_string();
+        service.add_tcp(&key);
+        fds.add(key, listener.into_raw_fd());
+    }
+    if let Some(tls) = listeners.tls {
+        let key = tls.listener.local_addr()?.to_string();
+        service.add_tls_with_settings(&key, None, tls_settings(tls.certificates)?);
+        fds.add(key, tls.listener.into_raw_fd());
+    }
     let fds: ListenFds = Arc::new(Mutex::new(fds));
     tokio::spawn(async move { service.start_service(Some(fds), shutdown, 1).await });
     Ok((state, dispatcher))
+}
+
+/// TLS 1.2/1.3 with the certificates chosen by `certificates`; ALPN offers `h2` then
+/// `http/1.1`, so HTTP/2 clients get HTTP/2.
+fn tls_settings(certificates: Arc<CertificateResolver>) -> Result<TlsSettings, StartError> {
+    // No files: the resolver set below replaces the certificate and key paths.
+    let mut settings = TlsSettings::intermediate("", "")
+        .map_err(|e| StartError::Listener(std::io::Error::other(e.to_string())))?;
+    settings.set_cert_resolver(certificates);
+    settings.enable_h2();
+    Ok(settings)
 }
 
 /// The simulator and echo upstream of a `dev:` section, on this runtime.

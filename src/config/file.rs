@@ -26,13 +26,33 @@ pub struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
-    pub listen: String,
+    pub listen: Option<String>,
+    pub tls: Option<TlsSection>,
     pub threads: Option<usize>,
     /// Largest request body a native endpoint accepts, in bytes.
     pub body_limit: Option<usize>,
     pub upstream_connect_timeout_ms: Option<u64>,
     pub upstream_read_timeout_ms: Option<u64>,
     pub health_check_interval_seconds: Option<u64>,
+}
+
+/// `server.tls:` — TLS termination: the default certificate, then any chosen by SNI.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub listen: String,
+    pub cert: String,
+    pub key: String,
+    #[serde(default)]
+    pub certificates: Vec<CertificatePairSection>,
+}
+
+/// `server.tls.certificates[]` — one more certificate chain and its key (PEM files).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatePairSection {
+    pub cert: String,
+    pub key: String,
 }
 
 /// `database:` — where users and sessions live.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::tls::{CertificateFiles, CertificateSet, TlsError};
 use crate::types::Secret;
 use file::{AppSection, FileConfig};
 
@@ -104,12 +105,29 @@ pub struct MessagesConfig {
 /// Listening side of the gateway.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub listen: SocketAddr,
+    /// Plain HTTP; absent when only TLS is served.
+    pub listen: Option<SocketAddr>,
+    /// TLS termination; absent when only plain HTTP is served.
+    pub tls: Option<TlsConfig>,
     pub threads: usize,
     pub body_limit: usize,
     pub upstream_connect_timeout: Duration,
     pub upstream_read_timeout: Duration,
     pub health_check_interval: Duration,
+}
+
+/// TLS termination: where, and the certificate files (the first is the default).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    pub certificates: Vec<CertificateFiles>,
+}
+
+impl TlsConfig {
+    /// Load the certificate files, every one checked (readable, parsed, key matching).
+    pub fn load_certificates(&self) -> Result<CertificateSet, TlsError> {
+        CertificateSet::load(&self.certificates)
+    }
 }
 
 /// The store's connection settings.
@@ -230,10 +248,49 @@ fn plain_type_names(text: &str) -> String {
         .replace("expected f32", "expected a number")
 }
 
+/// `server.tls`, with its files checked now so that `-t` and the start refuse a bad one.
+fn tls_config(section: &file::TlsSection) -> Result<TlsConfig, ConfigError> {
+    let pair = |prefix: String, cert: &str, key: &str| CertificateFiles {
+        cert_key: format!("{prefix}.cert"),
+        cert: cert.into(),
+        key_key: format!("{prefix}.key"),
+        key: key.into(),
+    };
+    let mut certificates = vec![pair("server.tls".into(), &section.cert, &section.key)];
+    for (i, extra) in section.certificates.iter().enumerate() {
+        certificates.push(pair(
+            format!("server.tls.certificates[{i}]"),
+            &extra.cert,
+            &extra.key,
+        ));
+    }
+    let tls = TlsConfig {
+        listen: socket_addr("server.tls.listen", &section.listen)?,
+        certificates,
+    };
+    tls.load_certificates().map_err(tls_error)?;
+    Ok(tls)
+}
+
+/// A certificate error as a configuration error naming the same key.
+fn tls_error(error: TlsError) -> ConfigError {
+    let text = error.to_string();
+    match text.split_once(": ") {
+        Some((key, problem)) => ConfigError::at(key, problem),
+        None => ConfigError::at("server.tls", text),
+    }
+}
+
 /// Turn the file model into the typed model, refusing anything that would fail later.
 fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     let server = ServerConfig {
-        listen: socket_addr("server.listen", &file.server.listen)?,
+        listen: file
+            .server
+            .listen
+            .as_deref()
+            .map(|listen| socket_addr("server.listen", listen))
+            .transpose()?,
+        tls: file.server.tls.as_ref().map(tls_config).transpose()?,
         threads: positive("server.threads", file.server.threads.unwrap_or(2))?,
         body_limit: positive(
             "server.body_limit",
@@ -248,6 +305,12 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 .max(1),
         ),
     };
+    if server.listen.is_none() && server.tls.is_none() {
+        return Err(ConfigError::at(
+            "server.listen",
+            "required unless server.tls is set",
+        ));
+    }
     let database = DatabaseConfig {
         url: database_url(&file.database.url)?,
         max_connections: positive(

@@ -18,4 +18,6 @@ mod notify;
 mod proxy;
 mod resilience;
 mod sessions;
+mod systemd;
+mod tls;
 mod wxcode;

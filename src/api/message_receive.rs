@@ -49,6 +49,12 @@ async fn receive(state: &State, session: &mut HttpSession, app: &App) -> Result<
     if method != http::Method::POST {
         return Err(ApiError::MethodNotAllowed);
     }
+    if !within_replay_window(&query.timestamp, config.max_age) {
+        tracing::warn!(%appid, "message push refused: timestamp outside the replay window");
+        return Err(ApiError::Forbidden(
+            "push timestamp outside the replay window".into(),
+        ));
+    }
     let body = read_body(session, state.config.server.body_limit).await?;
     let fields = push::open(config, appid, &query, &body).map_err(|e| refused(appid, e))?;
     let message = Message::from_fields(&fields).map_err(|e| refused(appid, e.into()))?;
@@ -99,4 +105,14 @@ fn refused(appid: &str, error: PushError) -> ApiError {
             ApiError::Forbidden(error.to_string())
         }
     }
+}
+
+/// Whether a push signed at `timestamp` (Unix seconds) is recent enough to be genuine: WeChat's
+/// own retries come within seconds, so an older one is a replay of a captured push.
+fn within_replay_window(timestamp: &str, max_age: std::time::Duration) -> bool {
+    let Ok(signed) = timestamp.parse::<i64>() else {
+        return false;
+    };
+    let now = chrono::Utc::now().timestamp();
+    now.abs_diff(signed) <= max_age.as_secs()
 }

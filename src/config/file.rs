@@ -116,6 +116,8 @@ pub struct MessagesSection {
     pub forward_token: Option<String>,
     /// Callers of `/message_reply` must send it as `Authorization`.
     pub reply_token: Option<String>,
+    /// Pushes whose `timestamp` is further than this from the node's clock are refused.
+    pub max_age_seconds: Option<u64>,
 }
 
 /// `notify:` — the subscribe-message dispatcher.

@@ -100,6 +100,8 @@ pub struct MessagesConfig {
     pub forward_url: Option<Url>,
     pub forward_token: Option<Secret>,
     pub reply_token: Option<Secret>,
+    /// Replay window: a push signed further than this from now is refused before decryption.
+    pub max_age: Duration,
 }
 
 /// Listening side of the gateway.
@@ -517,6 +519,10 @@ fn validate_messages(key: &str, m: file::MessagesSection) -> Result<MessagesConf
         forward_url,
         forward_token: m.forward_token.map(Secret::new),
         reply_token: m.reply_token.map(Secret::new),
+        max_age: Duration::from_secs(positive(
+            &format!("{key}.max_age_seconds"),
+            m.max_age_seconds.unwrap_or(300),
+        )?),
     })
 }
 

@@ -73,6 +73,15 @@ pub struct UploadedMedia {
     pub len: usize,
 }
 
+/// Who a simulated push is for and how it is signed and wrapped.
+pub struct PushParts<'a> {
+    pub appid: &'a str,
+    pub token: &'a str,
+    pub aes_key: &'a str,
+    pub mode: PushMode,
+    pub format: PushFormat,
+}
+
 impl Simulator {
     /// The push WeChat would send for `message` (WeChat's field names: `ToUserName`,
     /// `FromUserName`, `CreateTime`, `MsgType`, …), signed with `token` and, in compatible and
@@ -86,7 +95,32 @@ impl Simulator {
         format: PushFormat,
         message: &Map<String, Value>,
     ) -> Result<PushRequest, CryptoError> {
-        let timestamp = unix_now().to_string();
+        let push = PushParts {
+            appid,
+            token,
+            aes_key,
+            mode,
+            format,
+        };
+        self.push_request_at(push, message, unix_now())
+    }
+
+    /// [`Simulator::push_request`] signed as of `timestamp` (Unix seconds): a push captured
+    /// earlier, as a replay would send it.
+    pub fn push_request_at(
+        &self,
+        push: PushParts<'_>,
+        message: &Map<String, Value>,
+        timestamp: i64,
+    ) -> Result<PushRequest, CryptoError> {
+        let PushParts {
+            appid,
+            token,
+            aes_key,
+            mode,
+            format,
+        } = push;
+        let timestamp = timestamp.to_string();
         let nonce = (rand::random::<u32>() % 1_000_000_000).to_string();
         let openid = field_text(message, "FromUserName");
         let mut query = url::form_urlencoded::Serializer::new(String::new());

@@ -24,7 +24,7 @@ pub use phone::{PhoneRequest, UserProfile};
 // Customer-service sends, media upload, signed and encrypted pushes.
 pub mod messages;
 mod multipart;
-pub use messages::{CustomSend, PushFormat, PushMode, PushRequest, UploadedMedia};
+pub use messages::{CustomSend, PushFormat, PushMode, PushParts, PushRequest, UploadedMedia};
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

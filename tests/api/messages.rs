@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use mpapi::sim::{PushFormat, PushMode, PushRequest};
+use mpapi::sim::{PushFormat, PushMode, PushParts, PushRequest};
 use reqwest::StatusCode;
 use serde_json::{Map, Value, json};
 use sqlx::Row;
@@ -116,6 +116,7 @@ db_tests!(
     a_slow_help_desk_still_gets_wechat_its_answer_at_once,
     a_failing_help_desk_is_retried_until_it_succeeds,
     a_message_recorded_before_a_restart_is_delivered_after_it,
+    a_correctly_signed_push_outside_the_replay_window_is_refused_before_decryption,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,4 +516,36 @@ async fn push_text(app: &TestApp, path: &str, i: usize, mode: PushMode, format: 
     let (status, body, _) =
         deliver(app, path, &wechat_push(app, APPID, mode, format, &message)).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "success"));
+}
+
+async fn a_correctly_signed_push_outside_the_replay_window_is_refused_before_decryption(db: Db) {
+    let desk = HelpDesk::start().await;
+    let app = spawn(db, &desk, Keys::Aes).await;
+    let now = chrono::Utc::now().timestamp();
+    let signed_at = |timestamp: i64, msg_id: u64| {
+        let parts = PushParts {
+            appid: APPID,
+            token: TOKEN,
+            aes_key: AES_KEY,
+            mode: PushMode::Safe,
+            format: PushFormat::Json,
+        };
+        let message = text_message("o_mallory", msg_id, "captured");
+        app.backends
+            .sim
+            .push_request_at(parts, &message, timestamp)
+            .unwrap()
+    };
+    // Signed a month ago, and signed ten minutes ahead of the node's clock.
+    for push in [signed_at(now - 30 * 86_400, 1), signed_at(now + 600, 2)] {
+        let (status, body, _) = deliver(&app, "/message_receive", &push).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("replay window"), "{body}");
+    }
+    assert_eq!(stored_messages(&app).await, 0);
+    // Within the default 300 s the same push is genuine.
+    let (status, body, _) = deliver(&app, "/message_receive", &signed_at(now - 60, 3)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(stored_messages(&app).await, 1);
+    app.stop().await;
 }

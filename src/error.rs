@@ -15,6 +15,7 @@ pub mod code {
     pub const APP_NOT_ALLOWED: i64 = 10000;
     pub const NOT_LOGGED_IN: i64 = 10001;
     pub const INTERNAL: i64 = 10002;
+    pub const TOO_MANY_REQUESTS: i64 = 10003;
 }
 
 /// WeChat errcodes caused by what the client sent (a used code, a page that does not exist…):
@@ -48,6 +49,9 @@ pub enum ApiError {
     UpstreamUnavailable(String),
     #[error("store unavailable")]
     StoreUnavailable,
+    /// Over a rate limit; the client may retry after this many seconds.
+    #[error("too many requests")]
+    TooManyRequests { retry_after_seconds: u64 },
     #[error("internal error")]
     Internal,
 }
@@ -65,6 +69,7 @@ impl ApiError {
             Self::WeChat { errcode, .. } if CLIENT_WECHAT_ERRCODES.contains(errcode) => 400,
             Self::WeChat { .. } | Self::WeChatUnavailable(_) | Self::UpstreamUnavailable(_) => 502,
             Self::StoreUnavailable => 503,
+            Self::TooManyRequests { .. } => 429,
             Self::Internal => 500,
         }
     }
@@ -73,6 +78,7 @@ impl ApiError {
     pub fn code(&self) -> i64 {
         match self {
             Self::AppNotAllowed => code::APP_NOT_ALLOWED,
+            Self::TooManyRequests { .. } => code::TOO_MANY_REQUESTS,
             Self::NotLoggedIn => code::NOT_LOGGED_IN,
             Self::InvalidParam(_)
             | Self::Forbidden(_)

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::gateway::limits::RateLimits;
 use crate::gateway::routing::Apps;
 use crate::messages::Forwarder;
 use crate::session::Sessions;
@@ -21,6 +22,8 @@ pub struct State {
     pub access_tokens: AccessTokens,
     /// Wakes the customer-service message forwarder.
     pub messages: Forwarder,
+    /// Per-node rate limits on the native endpoints.
+    pub limits: RateLimits,
 }
 
 /// Why the gateway could not start.
@@ -51,9 +54,11 @@ impl State {
             config.apps.iter().map(|app| app.appid.clone()),
         );
         let messages = Forwarder::new(&config)?;
+        let limits = RateLimits::new(&config.limits);
         Ok(Self {
             access_tokens,
             messages,
+            limits,
             config,
             apps,
             store,

@@ -218,6 +218,10 @@ database:
   url: "{database_url}"
 session:
   cache_capacity: {cache_capacity}
+# One load generator on one address: per-address and per-token limits would refuse it.
+limits:
+  login_per_ip_per_minute: 0
+  native_per_token_per_minute: 0
 wechat:
   api_base: "http://{simulator}"
 apps:

@@ -19,7 +19,17 @@ pub struct FileConfig {
     #[serde(default)]
     pub notify: NotifySection,
     #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
     pub dev: Option<DevSection>,
+}
+
+/// `limits:` — per-node rate limits on the native endpoints; 0 turns one off.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub login_per_ip_per_minute: Option<u32>,
+    pub native_per_token_per_minute: Option<u32>,
 }
 
 /// `server:` — the listening side of the gateway.

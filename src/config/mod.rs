@@ -63,7 +63,17 @@ pub struct Config {
     pub wechat: WechatConfig,
     pub apps: Vec<AppConfig>,
     pub notify: NotifyConfig,
+    pub limits: LimitsConfig,
     pub dev: DevConfig,
+}
+
+/// Per-node rate limits on the native endpoints (`None`: off).
+#[derive(Debug, Clone, Copy)]
+pub struct LimitsConfig {
+    /// `/login` calls per client address per minute.
+    pub login_per_ip_per_minute: Option<u32>,
+    /// Native-endpoint calls per `User-Token` per minute.
+    pub native_per_token_per_minute: Option<u32>,
 }
 
 /// The subscribe-message dispatcher.
@@ -394,6 +404,12 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 .transpose()?,
         },
     };
+    let limits = LimitsConfig {
+        login_per_ip_per_minute: Some(file.limits.login_per_ip_per_minute.unwrap_or(60))
+            .filter(|&n| n > 0),
+        native_per_token_per_minute: Some(file.limits.native_per_token_per_minute.unwrap_or(600))
+            .filter(|&n| n > 0),
+    };
     Ok(Config {
         server,
         database,
@@ -401,6 +417,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         wechat,
         apps,
         notify,
+        limits,
         dev,
     })
 }

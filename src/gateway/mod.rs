@@ -13,6 +13,7 @@
 
 pub mod ctx;
 pub mod identity;
+pub mod limits;
 pub mod path;
 pub mod respond;
 pub mod routing;
@@ -83,6 +84,10 @@ impl ProxyHttp for Gateway {
         };
         match route {
             Route::Native(endpoint) => {
+                if let Err(error) = self.admit(session, endpoint) {
+                    respond::error(session, &error).await?;
+                    return Ok(true);
+                }
                 // Boxed so that proxied requests do not carry the endpoints' kilobytes of
                 // state in this phase's future (Pingora allocates it on every request).
                 Box::pin(api::serve(&self.state, session, endpoint, &app)).await?;
@@ -209,6 +214,21 @@ pub fn prepare_upstream_request(request: &mut RequestHeader, ctx: &RequestCtx) -
 }
 
 impl Gateway {
+    /// Count a native call against the node's rate limits: `/login` per client address, the
+    /// others per `User-Token`.
+    fn admit(
+        &self,
+        session: &HttpSession,
+        endpoint: Endpoint,
+    ) -> std::result::Result<(), ApiError> {
+        let limits = &self.state.limits;
+        if endpoint == Endpoint::Login {
+            return limits.admit_login(client_ip(session));
+        }
+        let token = session.req_header().headers.get("user-token");
+        limits.admit_native(token.map(|value| value.as_bytes()))
+    }
+
     /// Authenticate a proxied request; `true` when it was answered here.
     async fn proxy(
         &self,
@@ -260,4 +280,12 @@ impl Gateway {
             None => Ok(None),
         }
     }
+}
+
+/// The client's address: the TCP peer.
+fn client_ip(session: &HttpSession) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|addr| addr.as_inet())
+        .map(|addr| addr.ip())
 }

@@ -15,7 +15,21 @@ pub async fn write(
     content_type: &str,
     body: Bytes,
 ) -> pingora::Result<()> {
-    let mut header = ResponseHeader::build(status, Some(4))?;
+    write_with(session, status, content_type, body, None).await
+}
+
+/// [`write`], with a `Retry-After` header when `retry_after` is set.
+async fn write_with(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    retry_after: Option<u64>,
+) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(status, Some(5))?;
+    if let Some(seconds) = retry_after {
+        header.insert_header("Retry-After", seconds.to_string())?;
+    }
     header.insert_header("Content-Type", content_type)?;
     header.insert_header("Content-Length", body.len().to_string())?;
     header.insert_header("Cache-Control", "no-store")?;
@@ -46,5 +60,18 @@ pub async fn error(session: &mut Session, error: &ApiError) -> pingora::Result<(
     if matches!(error, ApiError::PayloadTooLarge(_)) {
         session.set_keepalive(None);
     }
-    write(session, error.status(), "application/json", error.body()).await
+    let retry_after = match error {
+        ApiError::TooManyRequests {
+            retry_after_seconds,
+        } => Some(*retry_after_seconds),
+        _ => None,
+    };
+    write_with(
+        session,
+        error.status(),
+        "application/json",
+        error.body(),
+        retry_after,
+    )
+    .await
 }

@@ -81,3 +81,83 @@ async fn a_second_user_app_or_user_token_is_refused_on_every_route() {
     assert_ne!(status, 400, "a single User-Token is not ambiguous");
     app.stop().await;
 }
+
+/// Logins from one address over `limits.login_per_ip_per_minute` answer 429 with `Retry-After`
+/// and the envelope, before WeChat or the store is asked; other endpoints count per token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_over_the_per_address_limit_answer_429_with_retry_after() {
+    let limits = "limits:\n  login_per_ip_per_minute: 3\n  native_per_token_per_minute: 2\n";
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Tweaks {
+            sections: Some(limits.to_string()),
+            ..Tweaks::default()
+        },
+    )
+    .await;
+    for _ in 0..3 {
+        let response = app
+            .client
+            .post(app.url("/login"))
+            .header("User-App", APPID)
+            .body(r#"{"code":"not-a-code"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(response.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+    }
+    let queries = app.queries();
+    let refused = app
+        .client
+        .post(app.url("/login"))
+        .header("User-App", APPID)
+        .body(r#"{"code":"not-a-code"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"status": 10003, "message": "too many requests"})
+    );
+    assert_eq!(app.queries(), queries);
+
+    // Per token: the third /wxcode call with one token is refused, another token still passes.
+    let statuses = |token: &'static str| {
+        let app = &app;
+        async move {
+            app.client
+                .get(app.url("/wxcode?path=pages/index"))
+                .header("User-App", APPID)
+                .header("User-Token", token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_ne!(
+        statuses("token-a").await,
+        reqwest::StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_ne!(
+        statuses("token-a").await,
+        reqwest::StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        statuses("token-a").await,
+        reqwest::StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_ne!(
+        statuses("token-b").await,
+        reqwest::StatusCode::TOO_MANY_REQUESTS
+    );
+    app.stop().await;
+}

@@ -231,6 +231,7 @@ apps:
     upstreams: ["http://{upstream}/other"]
     require_login: true
 {notify}
+{sections}
 "#,
         body_limit = tweaks.body_limit,
         session = tweaks.session.as_deref().unwrap_or("  ttl_seconds: 604800"),
@@ -242,6 +243,7 @@ apps:
             .as_deref()
             .map(|n| format!("notify:\n{n}"))
             .unwrap_or_default(),
+        sections = tweaks.sections.as_deref().unwrap_or(""),
     )
 }
 
@@ -256,6 +258,8 @@ pub struct Tweaks {
     pub wechat_timeout_ms: u64,
     /// Lines under `notify:`, e.g. `  poll_interval_ms: 50`.
     pub notify: Option<String>,
+    /// More top-level sections, e.g. `limits:` with its lines.
+    pub sections: Option<String>,
 }
 
 impl Default for Tweaks {
@@ -268,6 +272,7 @@ impl Default for Tweaks {
             api_base: None,
             wechat_timeout_ms: 2_000,
             notify: None,
+            sections: None,
         }
     }
 }

@@ -95,26 +95,19 @@ async fn logins_over_the_per_address_limit_answer_429_with_retry_after() {
         },
     )
     .await;
-    for _ in 0..3 {
-        let response = app
-            .client
+    let login = || {
+        app.client
             .post(app.url("/login"))
             .header("User-App", APPID)
             .body(r#"{"code":"not-a-code"}"#)
             .send()
-            .await
-            .unwrap();
+    };
+    for _ in 0..3 {
+        let response = login().await.unwrap();
         assert_ne!(response.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
     }
     let queries = app.queries();
-    let refused = app
-        .client
-        .post(app.url("/login"))
-        .header("User-App", APPID)
-        .body(r#"{"code":"not-a-code"}"#)
-        .send()
-        .await
-        .unwrap();
+    let refused = login().await.unwrap();
     assert_eq!(refused.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
     let retry_after: u64 = refused.headers()["retry-after"]
         .to_str()

@@ -44,6 +44,15 @@ pub struct ServerSection {
     pub upstream_connect_timeout_ms: Option<u64>,
     pub upstream_read_timeout_ms: Option<u64>,
     pub health_check_interval_seconds: Option<u64>,
+    /// CIDRs whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Where a new process (`-u`) asks the old one for its listening sockets.
+    pub upgrade_sock: Option<String>,
+    pub pid_file: Option<String>,
+    /// After SIGQUIT/SIGTERM: how long the old process keeps serving.
+    pub grace_period_seconds: Option<u64>,
+    /// Then how long requests in flight get before the runtimes stop.
+    pub graceful_shutdown_timeout_seconds: Option<u64>,
 }
 
 /// `server.tls:` — TLS termination: the default certificate, then any chosen by SNI.

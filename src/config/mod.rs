@@ -7,11 +7,12 @@ pub mod file;
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use url::Url;
 
+use crate::gateway::forwarded::TrustedProxies;
 use crate::tls::{CertificateFiles, CertificateSet, TlsError};
 use crate::types::Secret;
 use file::{AppSection, FileConfig};
@@ -126,6 +127,16 @@ pub struct ServerConfig {
     pub upstream_connect_timeout: Duration,
     pub upstream_read_timeout: Duration,
     pub health_check_interval: Duration,
+    /// Peers whose `X-Forwarded-For` chain is believed (none by default).
+    pub trusted_proxies: TrustedProxies,
+    /// Pingora's upgrade socket: a new process (`-u`) takes the listeners over through it.
+    pub upgrade_sock: PathBuf,
+    /// Where a daemon (`-d`) writes its process id.
+    pub pid_file: PathBuf,
+    /// After SIGQUIT (upgrade) or SIGTERM: how long the old process goes on serving.
+    pub grace_period: Duration,
+    /// Then how long requests still in flight get before the process exits.
+    pub graceful_shutdown_timeout: Duration,
 }
 
 /// TLS termination: where, and the certificate files (the first is the default).
@@ -284,6 +295,24 @@ fn tls_config(section: &file::TlsSection) -> Result<TlsConfig, ConfigError> {
     Ok(tls)
 }
 
+/// `server.trusted_proxies`: CIDRs, or single addresses (a host route).
+fn trusted_proxies(raw: &[String]) -> Result<TrustedProxies, ConfigError> {
+    let mut networks = Vec::with_capacity(raw.len());
+    for (i, text) in raw.iter().enumerate() {
+        let network = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                ConfigError::at(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("not a CIDR or an IP address: {text:?}"),
+                )
+            })?;
+        networks.push(network);
+    }
+    Ok(TrustedProxies::new(networks))
+}
+
 /// A certificate error as a configuration error naming the same key.
 fn tls_error(error: TlsError) -> ConfigError {
     let text = error.to_string();
@@ -315,6 +344,18 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 .health_check_interval_seconds
                 .unwrap_or(5)
                 .max(1),
+        ),
+        trusted_proxies: trusted_proxies(file.server.trusted_proxies.as_deref().unwrap_or(&[]))?,
+        upgrade_sock: PathBuf::from(
+            file.server
+                .upgrade_sock
+                .as_deref()
+                .unwrap_or("/tmp/mpapi_upgrade.sock"),
+        ),
+        pid_file: PathBuf::from(file.server.pid_file.as_deref().unwrap_or("/tmp/mpapi.pid")),
+        grace_period: Duration::from_secs(file.server.grace_period_seconds.unwrap_or(30)),
+        graceful_shutdown_timeout: Duration::from_secs(
+            file.server.graceful_shutdown_timeout_seconds.unwrap_or(10),
         ),
     };
     if server.listen.is_none() && server.tls.is_none() {

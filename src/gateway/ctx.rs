@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+use http::HeaderValue;
+
+use super::forwarded::Client;
 use super::routing::{App, Upstream};
 use crate::session::Session;
 
@@ -16,4 +19,10 @@ pub struct RequestCtx {
     pub upstream: Option<Arc<Upstream>>,
     /// The proxied path with dot segments removed, only when it differs from the request's.
     pub resolved_path: Option<String>,
+    /// The request's `X-Request-Id` (the client's, or one made up), sent upstream and back.
+    pub request_id: Option<HeaderValue>,
+    /// Who sent the request (peer and client address); `None` on a Unix socket.
+    pub client: Option<Client>,
+    /// Whether the client's connection is TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
 }

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod ctx;
+pub mod forwarded;
 pub mod identity;
 pub mod limits;
 pub mod path;
@@ -25,6 +26,7 @@ use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session as HttpSession};
+use tracing::Instrument as _;
 
 use crate::api::{self, Endpoint};
 use crate::error::ApiError;
@@ -69,6 +71,7 @@ impl ProxyHttp for Gateway {
         session: &mut HttpSession,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
+        self.identify_request(session, ctx)?;
         if has_ambiguous_identity(session.req_header()) {
             let error = ApiError::InvalidParam("ambiguous User-App or User-Token".into());
             respond::error(session, &error).await?;
@@ -84,13 +87,16 @@ impl ProxyHttp for Gateway {
         };
         match route {
             Route::Native(endpoint) => {
-                if let Err(error) = self.admit(session, endpoint) {
+                if let Err(error) = self.admit(session, ctx, endpoint) {
                     respond::error(session, &error).await?;
                     return Ok(true);
                 }
                 // Boxed so that proxied requests do not carry the endpoints' kilobytes of
                 // state in this phase's future (Pingora allocates it on every request).
-                Box::pin(api::serve(&self.state, session, endpoint, &app)).await?;
+                // Every log line of the call carries the request's id.
+                let request_id = ctx.request_id.as_ref().and_then(|id| id.to_str().ok());
+                let span = tracing::info_span!("request", request_id);
+                Box::pin(api::serve(&self.state, session, endpoint, &app).instrument(span)).await?;
                 Ok(true)
             }
             Route::Proxy => {
@@ -133,14 +139,30 @@ impl ProxyHttp for Gateway {
         request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        prepare_upstream_request(request, ctx)
+        prepare_upstream_request(request, ctx)?;
+        if let Some(client) = &ctx.client {
+            client.write_headers(request, ctx.https)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut HttpSession,
+        response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(id) = &ctx.request_id {
+            response.insert_header(REQUEST_ID, id.clone())?;
+        }
+        Ok(())
     }
 
     async fn fail_to_proxy(
         &self,
         session: &mut HttpSession,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let error = match (e.etype(), e.esource()) {
             (ErrorType::HTTPStatus(503), _) => ApiError::UpstreamUnavailable(e.to_string()),
@@ -159,7 +181,8 @@ impl ProxyHttp for Gateway {
             (_, ErrorSource::Downstream) => ApiError::InvalidParam("malformed request".into()),
             _ => ApiError::UpstreamUnavailable(e.to_string()),
         };
-        tracing::warn!(error = %e, status = error.status(), "request failed");
+        let request_id = ctx.request_id.as_ref().and_then(|id| id.to_str().ok());
+        tracing::warn!(error = %e, status = error.status(), request_id, "request failed");
         let mut status = error.status();
         if let Err(write_error) = respond::error(session, &error).await {
             tracing::debug!(error = %write_error, "could not write the error response");
@@ -214,16 +237,40 @@ pub fn prepare_upstream_request(request: &mut RequestHeader, ctx: &RequestCtx) -
 }
 
 impl Gateway {
+    /// Give the request its id (the client's when acceptable; the request header then carries
+    /// it upstream and into every answer) and note who sent it and over what.
+    fn identify_request(&self, session: &mut HttpSession, ctx: &mut RequestCtx) -> Result<()> {
+        let (id, from_client) = forwarded::request_id(session.req_header());
+        if !from_client {
+            session
+                .req_header_mut()
+                .insert_header(REQUEST_ID, id.clone())?;
+        }
+        ctx.request_id = Some(id);
+        ctx.https = session
+            .digest()
+            .is_some_and(|digest| digest.ssl_digest.is_some());
+        ctx.client = peer_ip(session).map(|peer| {
+            forwarded::Client::of(
+                session.req_header(),
+                peer,
+                &self.state.config.server.trusted_proxies,
+            )
+        });
+        Ok(())
+    }
+
     /// Count a native call against the node's rate limits: `/login` per client address, the
     /// others per `User-Token`.
     fn admit(
         &self,
         session: &HttpSession,
+        ctx: &RequestCtx,
         endpoint: Endpoint,
     ) -> std::result::Result<(), ApiError> {
         let limits = &self.state.limits;
         if endpoint == Endpoint::Login {
-            return limits.admit_login(client_ip(session));
+            return limits.admit_login(ctx.client.map(|client| client.real_ip));
         }
         let token = session.req_header().headers.get("user-token");
         limits.admit_native(token.map(|value| value.as_bytes()))
@@ -282,8 +329,11 @@ impl Gateway {
     }
 }
 
-/// The client's address: the TCP peer.
-fn client_ip(session: &HttpSession) -> Option<std::net::IpAddr> {
+/// The header carrying the request's id.
+const REQUEST_ID: &str = "x-request-id";
+
+/// The TCP peer's address (`None` on a Unix socket).
+fn peer_ip(session: &HttpSession) -> Option<std::net::IpAddr> {
     session
         .client_addr()
         .and_then(|addr| addr.as_inet())

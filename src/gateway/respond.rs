@@ -1,6 +1,7 @@
 //! Responses written by mpapi itself. Each carries `Content-Length` (without it a client waits
 //! for the connection to close) and is written directly rather than through
-//! `respond_error`, which would close a keep-alive connection on every 401.
+//! `respond_error`, which would close a keep-alive connection on every 401. Each carries the
+//! request's `X-Request-Id`.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -33,6 +34,10 @@ async fn write_with(
     header.insert_header("Content-Type", content_type)?;
     header.insert_header("Content-Length", body.len().to_string())?;
     header.insert_header("Cache-Control", "no-store")?;
+    // The request filter set the id on the request; an answer written before it ran (a
+    // malformed request) gets a new one.
+    let (request_id, _) = super::forwarded::request_id(session.req_header());
+    header.insert_header("X-Request-Id", request_id)?;
     session
         .write_response_header(Box::new(header), false)
         .await?;

@@ -212,6 +212,7 @@ server:
   health_check_interval_seconds: 1
   upstream_connect_timeout_ms: 500
   upstream_read_timeout_ms: 3000
+{server_extra}
 database:
   url: "{database_url}"
   max_connections: 4
@@ -234,6 +235,7 @@ apps:
 {sections}
 "#,
         body_limit = tweaks.body_limit,
+        server_extra = tweaks.server.as_deref().unwrap_or(""),
         session = tweaks.session.as_deref().unwrap_or("  ttl_seconds: 604800"),
         wechat_timeout = tweaks.wechat_timeout_ms,
         app_extra = tweaks.app_extra.as_deref().unwrap_or(""),
@@ -260,6 +262,8 @@ pub struct Tweaks {
     pub notify: Option<String>,
     /// More top-level sections, e.g. `limits:` with its lines.
     pub sections: Option<String>,
+    /// More lines under `server:`, e.g. `  trusted_proxies: ["127.0.0.0/8"]`.
+    pub server: Option<String>,
 }
 
 impl Default for Tweaks {
@@ -273,6 +277,7 @@ impl Default for Tweaks {
             wechat_timeout_ms: 2_000,
             notify: None,
             sections: None,
+            server: None,
         }
     }
 }

@@ -7,6 +7,7 @@ mod helpers;
 mod bad_input;
 mod config;
 mod credentials;
+mod forwarded;
 mod hardening;
 mod helpdesk;
 mod login;

@@ -147,6 +147,10 @@ async fn http2_over_tls_reaches_the_upstream_with_identity_headers() {
     let echo: Value = response.json().await.unwrap();
     assert_eq!(received(&echo, "user-openid").as_deref(), Some("tess"));
     assert!(received(&echo, "user-id").is_some(), "{echo}");
+    assert_eq!(
+        received(&echo, "x-forwarded-proto").as_deref(),
+        Some("https")
+    );
     world.stop().await;
 }
 

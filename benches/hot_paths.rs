@@ -259,7 +259,7 @@ apps:
 "#
     );
     let config = Config::parse(&yaml, &|_| None).unwrap();
-    let apps = world.runtime.block_on(Apps::build(&config)).unwrap();
+    let apps = world.runtime.block_on(Apps::build(&config, None)).unwrap();
     let app = apps.get(APPID).unwrap().clone();
     let ctx = RequestCtx {
         upstream: app.pick_upstream(),

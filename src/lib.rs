@@ -2,7 +2,9 @@
 //!
 //! # Map
 //! - [`config`]: the YAML file, validated once into a typed model.
-//! - [`server`]: starts a gateway on a bound listener; used by `main`, tests and benches.
+//! - [`server`]: builds the gateway's services; starts one in-process on bound listeners for
+//!   tests and benches.
+//! - [`process`]: `main`'s process model under Pingora's `Server`: upgrade, signals, reload.
 //! - [`tls`]: TLS certificates behind a swappable SNI resolver, checked and reloaded by key.
 //! - [`gateway`]: the `ProxyHttp` implementation — the request path.
 //! - [`session`]: tokens, the session cache, sliding expiry — the hot path's other half.
@@ -42,6 +44,7 @@ pub mod error;
 pub mod gateway;
 pub mod messages;
 pub mod notify;
+pub mod process;
 pub mod server;
 pub mod session;
 pub mod shutdown;

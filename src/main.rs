@@ -1,14 +1,13 @@
-//! `mpapi -c PATH` runs the gateway; `mpapi -t -c PATH` checks the file; `mpapi sim` runs the
-//! WeChat simulator alone.
+//! `mpapi -c PATH` runs the gateway (`-u` to take over from a running one, `-d` in the
+//! background); `mpapi -t -c PATH` checks the file; `mpapi sim` runs the WeChat simulator alone.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mpapi::config::Config;
-use mpapi::server::{Listeners, TlsListener};
+use mpapi::process::ProcessOptions;
 use mpapi::sim::Simulator;
-use mpapi::tls::CertificateResolver;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +27,12 @@ struct Cli {
     /// Validate the configuration and exit.
     #[arg(short = 't', long = "test")]
     test: bool,
+    /// Take the listening sockets over from a running mpapi (send it SIGQUIT next).
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+    /// Run in the background, writing `server.pid_file`.
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -44,6 +49,7 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -63,7 +69,15 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Some(Command::Sim { listen }) => run_simulator(&config, &listen),
-        None => run_gateway(config, &cli.conf),
+        None => mpapi::process::run(
+            config,
+            ProcessOptions {
+                path: cli.conf,
+                upgrade: cli.upgrade,
+                daemon: cli.daemon,
+            },
+        )
+        .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,74 +86,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn run_gateway(config: Config, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let plain = config.server.listen.map(bind).transpose()?;
-    let tls = match &config.server.tls {
-        Some(tls) => Some(TlsListener {
-            listener: bind(tls.listen)?,
-            certificates: CertificateResolver::new(tls.load_certificates()?),
-        }),
-        None => None,
-    };
-    let gateway = runtime.block_on(mpapi::server::spawn_with(config, Listeners { plain, tls }))?;
-    if gateway.tls_addr != Some(gateway.addr) {
-        tracing::info!(addr = %gateway.addr, "mpapi gateway listening");
-    }
-    if let Some(addr) = gateway.tls_addr {
-        tracing::info!(%addr, "mpapi gateway listening with TLS");
-    }
-    runtime.block_on(serve_until_shutdown(&gateway, path));
-    tracing::info!("shutting down");
-    gateway.stop_blocking();
-    Ok(())
-}
-
-fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
-    std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
-}
-
-/// Wait for SIGINT/SIGTERM; on SIGHUP, re-read the file and swap in its TLS certificates (new
-/// handshakes get them, open connections keep theirs). A file that does not validate changes
-/// nothing. Other keys take effect at the next start.
-async fn serve_until_shutdown(gateway: &mpapi::server::RunningGateway, path: &Path) {
-    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
-        shutdown_signal().await;
-        return;
-    };
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = hangup.recv() => reload(gateway, path),
-        }
-    }
-}
-
-fn reload(gateway: &mpapi::server::RunningGateway, path: &Path) {
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(error) => {
-            tracing::error!(%error, "SIGHUP: configuration refused; nothing changed");
-            return;
-        }
-    };
-    match &config.server.tls {
-        Some(tls) if gateway.tls_addr.is_some() => match gateway.reload_certificates(tls) {
-            Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
-            Err(error) => {
-                tracing::error!(%error, "SIGHUP: certificates refused; the old ones stay")
-            }
-        },
-        _ => {}
-    }
-    tracing::warn!("SIGHUP: keys other than the TLS certificates take effect at the next start");
 }
 
 fn run_simulator(config: &Config, listen: &str) -> Result<(), Box<dyn std::error::Error>> {

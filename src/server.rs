@@ -1,17 +1,15 @@
-//! Starting and stopping a gateway: the one code path used by `main`, the tests and the benches.
+//! The gateway's services, and starting one in-process for the tests and the benches.
 //!
-//! [`spawn`] takes an already-bound listener (tests bind port 0), [`spawn_with`] a plain and/or
-//! a TLS one (certificates behind a [`CertificateResolver`]), and runs the Pingora proxy
-//! service, the upstream health checks, the notification dispatcher and any `dev:` side
-//! services on a runtime of its own
-//! with `server.threads` workers. Pingora's `Server` is not used: it owns the process (signals,
-//! `exit`), which a test cannot host; its listening service is started directly instead, with
-//! our listener handed over through Pingora's fd table.
+//! [`start_core`] builds the shared state and starts the background work; [`proxy_service`]
+//! is the Pingora proxy service on its listeners. `main` runs both under Pingora's `Server`
+//! ([`crate::process`]). [`spawn`] / [`spawn_with`] run the same two on a runtime of their own
+//! with listeners the caller bound (tests bind port 0), handed over through Pingora's fd
+//! table: Pingora's `Server` owns the process (signals, `exit`), which a test cannot host.
 
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -19,7 +17,6 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Fds, ListenFds};
 use pingora::services::Service as _;
-use pingora::services::background::BackgroundService;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -29,7 +26,7 @@ use crate::gateway::Gateway;
 use crate::notify;
 use crate::shutdown::wait_for;
 use crate::sim::{self, Simulator};
-use crate::state::{StartError, State};
+use crate::state::{Reloaded, StartError, State};
 use crate::tls::{CertificateResolver, TlsError, reload_certificates};
 
 /// The sockets a gateway serves, already bound: plain HTTP, TLS, or both.
@@ -68,6 +65,11 @@ impl RunningGateway {
             Some(resolver) => reload_certificates(resolver, &tls.certificates),
             None => Err(TlsError::NotListening),
         }
+    }
+
+    /// Put `config` in force as SIGHUP does (see [`reload`]).
+    pub async fn reload(&self, config: &Config) -> Result<Reloaded, ReloadError> {
+        reload(&self.state, self.certificates.as_deref(), config).await
     }
 
     /// Stop accepting, let requests in flight finish (up to a few seconds), and wait.
@@ -208,50 +210,111 @@ async fn start(
     listeners: Listeners,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<State>, JoinHandle<()>), StartError> {
-    start_dev_services(&config, &shutdown).await?;
-    let state = Arc::new(State::build(config).await?);
-
-    for pool in state.apps.pools() {
-        let pool = pool.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { pool.start(shutdown).await });
-    }
-    // Deliver recorded customer-service messages to help desks.
-    if state.messages.enabled() {
-        tokio::spawn(crate::messages::forwarder::run(
-            state.clone(),
-            shutdown.clone(),
-        ));
-    }
-    // The notification dispatcher, stopped by the same shutdown.
-    let dispatcher = tokio::spawn(notify::run(state.clone(), shutdown.clone()));
-
-    let server_conf = Arc::new(ServerConf {
-        upstream_keepalive_pool_size: 1024,
-        threads: state.config.server.threads,
-        ..ServerConf::default()
-    });
-    let mut service = pingora_proxy::http_proxy_service_with_name(
-        &server_conf,
-        Gateway {
-            state: state.clone(),
-        },
-        "mpapi",
-    );
+    let server_conf = Arc::new(server_conf(&config));
+    let (state, dispatcher) = start_core(config, shutdown.clone()).await?;
     let mut fds = Fds::new();
-    if let Some(listener) = listeners.plain {
-        let key = listener.local_addr()?.to_string();
-        service.add_tcp(&key);
-        fds.add(key, listener.into_raw_fd());
-    }
-    if let Some(tls) = listeners.tls {
-        let key = tls.listener.local_addr()?.to_string();
-        service.add_tls_with_settings(&key, None, tls_settings(tls.certificates)?);
-        fds.add(key, tls.listener.into_raw_fd());
-    }
+    let plain = match listeners.plain {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            fds.add(addr.to_string(), listener.into_raw_fd());
+            Some(addr)
+        }
+        None => None,
+    };
+    let tls = match listeners.tls {
+        Some(tls) => {
+            let addr = tls.listener.local_addr()?;
+            fds.add(addr.to_string(), tls.listener.into_raw_fd());
+            Some((addr, tls.certificates))
+        }
+        None => None,
+    };
+    let cell = Arc::new(OnceLock::from(state.clone()));
+    let mut service = proxy_service(&server_conf, cell, plain, tls)?;
     let fds: ListenFds = Arc::new(Mutex::new(fds));
     tokio::spawn(async move { service.start_service(Some(fds), shutdown, 1).await });
     Ok((state, dispatcher))
+}
+
+/// Pingora's settings for mpapi's configuration.
+pub fn server_conf(config: &Config) -> ServerConf {
+    let server = &config.server;
+    ServerConf {
+        upstream_keepalive_pool_size: 1024,
+        threads: server.threads,
+        upgrade_sock: server.upgrade_sock.display().to_string(),
+        pid_file: server.pid_file.display().to_string(),
+        grace_period_seconds: Some(server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(server.graceful_shutdown_timeout.as_secs()),
+        // A new process (`-u`) waits this many seconds for the old one's sockets.
+        upgrade_sock_connect_accept_max_retries: Some(30),
+        ..ServerConf::default()
+    }
+}
+
+/// Build the shared state and start the background work on the current runtime: the customer
+/// service message forwarder and the notification dispatcher (whose handle resolves once its
+/// sends in flight have finished after `shutdown`), and any `dev:` side services.
+pub async fn start_core(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(Arc<State>, JoinHandle<()>), StartError> {
+    start_dev_services(&config, &shutdown).await?;
+    let state = Arc::new(State::build(config, shutdown.clone()).await?);
+    tokio::spawn(crate::messages::forwarder::run(
+        state.clone(),
+        shutdown.clone(),
+    ));
+    let dispatcher = tokio::spawn(notify::run(state.clone(), shutdown));
+    Ok((state, dispatcher))
+}
+
+/// The proxy service on `plain` and/or `tls`: the listeners are taken from the fd table the
+/// service starts with (inherited in an upgrade, handed over by the tests) or bound.
+pub fn proxy_service(
+    server_conf: &Arc<ServerConf>,
+    state: Arc<OnceLock<Arc<State>>>,
+    plain: Option<SocketAddr>,
+    tls: Option<(SocketAddr, Arc<CertificateResolver>)>,
+) -> Result<ProxyService, StartError> {
+    let mut service =
+        pingora_proxy::http_proxy_service_with_name(server_conf, Gateway::new(state), "mpapi");
+    if let Some(addr) = plain {
+        service.add_tcp(&addr.to_string());
+    }
+    if let Some((addr, certificates)) = tls {
+        service.add_tls_with_settings(&addr.to_string(), None, tls_settings(certificates)?);
+    }
+    Ok(service)
+}
+
+/// The gateway's proxy service type.
+pub type ProxyService = pingora::services::listening::Service<pingora_proxy::HttpProxy<Gateway>>;
+
+/// Re-read configuration put in force: TLS certificates for new handshakes, apps and trusted
+/// proxies for new requests. On any error nothing changes.
+pub async fn reload(
+    state: &State,
+    certificates: Option<&CertificateResolver>,
+    config: &Config,
+) -> Result<Reloaded, ReloadError> {
+    if let (Some(resolver), Some(tls)) = (certificates, &config.server.tls) {
+        // Checked first: the certificates are the part most likely to be wrong.
+        let set = tls.load_certificates()?;
+        let routing_reloaded = state.reload(config).await?;
+        resolver.replace(set);
+        return Ok(routing_reloaded);
+    }
+    Ok(state.reload(config).await?)
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Certificates(#[from] TlsError),
+    #[error("{0}")]
+    Routing(#[from] StartError),
 }
 
 /// TLS 1.2/1.3 with the certificates chosen by `certificates`; ALPN offers `h2` then
@@ -265,21 +328,59 @@ fn tls_settings(certificates: Arc<CertificateResolver>) -> Result<TlsSettings, S
     Ok(settings)
 }
 
-/// The simulator and echo upstream of a `dev:` section, on this runtime.
+/// The simulator and echo upstream of a `dev:` section, on this runtime. In an upgrade the old
+/// process still holds their ports: they are bound as soon as it lets go.
 async fn start_dev_services(
     config: &Config,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(), StartError> {
     if let Some(addr) = config.dev.simulator {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = bind_dev(addr, shutdown).await?;
         let simulator = Simulator::for_config(config);
-        tracing::info!(%addr, "WeChat simulator listening");
-        tokio::spawn(sim::serve(listener, simulator, wait_for(shutdown.clone())));
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let Some(listener) = listener.await else {
+                return;
+            };
+            tracing::info!(%addr, "WeChat simulator listening");
+            let _ = sim::serve(listener, simulator, wait_for(shutdown)).await;
+        });
     }
     if let Some(addr) = config.dev.echo_upstream {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        tracing::info!(%addr, "echo upstream listening");
-        tokio::spawn(sim::echo::serve(listener, wait_for(shutdown.clone())));
+        let listener = bind_dev(addr, shutdown).await?;
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let Some(listener) = listener.await else {
+                return;
+            };
+            tracing::info!(%addr, "echo upstream listening");
+            let _ = sim::echo::serve(listener, wait_for(shutdown)).await;
+        });
     }
     Ok(())
+}
+
+/// Bind `addr` now, or — when it is in use — keep trying in the background until shutdown.
+async fn bind_dev(
+    addr: SocketAddr,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<impl std::future::Future<Output = Option<tokio::net::TcpListener>> + use<>, StartError>
+{
+    let first = tokio::net::TcpListener::bind(addr).await;
+    let in_use = matches!(&first, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse);
+    let first = if in_use { None } else { Some(first?) };
+    let shutdown = shutdown.clone();
+    Ok(async move {
+        if first.is_some() {
+            return first;
+        }
+        tracing::info!(%addr, "dev service port in use: waiting for it");
+        while !*shutdown.borrow() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
+                return Some(listener);
+            }
+        }
+        None
+    })
 }

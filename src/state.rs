@@ -1,11 +1,20 @@
 //! What every request and background task shares: the configuration, the apps and their pools,
-//! the store, the sessions and the WeChat client. Built once at start, then read-only.
+//! the store, the sessions and the WeChat client.
+//!
+//! Built once at start. What a reload (SIGHUP) may change — the apps and their per-app keys,
+//! the trusted proxies — lives in one [`Routing`] swapped whole: a request takes the routing in
+//! force when it starts (one atomic load, no lock) and keeps it to the end. Everything else is
+//! fixed for the life of the process; a reload that changes it says so.
 
 use std::sync::Arc;
 
-use crate::config::Config;
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::config::{AppConfig, Config};
+use crate::gateway::forwarded::TrustedProxies;
 use crate::gateway::limits::RateLimits;
-use crate::gateway::routing::Apps;
+use crate::gateway::routing::{App, Apps};
 use crate::messages::Forwarder;
 use crate::session::Sessions;
 use crate::store::Store;
@@ -14,8 +23,11 @@ use crate::wechat::access_token::AccessTokens;
 
 /// Shared state of one gateway.
 pub struct State {
+    /// The configuration the process started with. Its keys outside `apps` and
+    /// `server.trusted_proxies` are the ones in force; per-app keys are read from
+    /// [`State::routing`], which a reload replaces.
     pub config: Config,
-    pub apps: Apps,
+    routing: ArcSwap<Routing>,
     pub store: Arc<Store>,
     pub sessions: Sessions,
     pub wechat: WeChatClient,
@@ -24,6 +36,36 @@ pub struct State {
     pub messages: Forwarder,
     /// Per-node rate limits on the native endpoints.
     pub limits: RateLimits,
+    /// The process's shutdown, which also ends the health checks of pools a reload adds.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// What a reload replaces, as one value.
+pub struct Routing {
+    pub apps: Apps,
+    pub trusted_proxies: TrustedProxies,
+}
+
+impl Routing {
+    async fn build(config: &Config, previous: Option<&Routing>) -> Result<Self, StartError> {
+        let apps = Apps::build(config, previous.map(|routing| &routing.apps))
+            .await
+            .map_err(|e| StartError::Upstreams(e.to_string()))?;
+        Ok(Self {
+            apps,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+        })
+    }
+
+    /// Whether any app forwards customer-service messages to a help desk.
+    pub fn forwards_messages(&self) -> bool {
+        self.apps.iter().any(|app| {
+            app.config
+                .messages
+                .as_ref()
+                .is_some_and(|m| m.forward_url.is_some())
+        })
+    }
 }
 
 /// Why the gateway could not start.
@@ -39,31 +81,67 @@ pub enum StartError {
     Listener(#[from] std::io::Error),
 }
 
+/// What a reload did.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// Keys whose new values wait for the next start (or an upgrade with `-u`).
+    pub needing_restart: Vec<&'static str>,
+}
+
 impl State {
-    /// Connect the store (migrating it), build the pools and the clients.
-    pub async fn build(config: Config) -> Result<Self, StartError> {
+    /// Connect the store (migrating it), build the pools and the clients. Health checks start
+    /// here and end with `shutdown`.
+    pub async fn build(
+        config: Config,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, StartError> {
         let store = Arc::new(Store::connect(&config.database).await?);
         let sessions = Sessions::new(store.clone(), &config.session).await?;
-        let apps = Apps::build(&config)
-            .await
-            .map_err(|e| StartError::Upstreams(e.to_string()))?;
+        let routing = Routing::build(&config, None).await?;
+        routing.apps.start_health_checks(&shutdown);
         let wechat = WeChatClient::new(&config.wechat)?;
-        let access_tokens = AccessTokens::new(
-            store.clone(),
-            wechat.clone(),
-            config.apps.iter().map(|app| app.appid.clone()),
-        );
-        let messages = Forwarder::new(&config)?;
+        let access_tokens = AccessTokens::new(store.clone(), wechat.clone());
+        let messages = Forwarder::new()?;
         let limits = RateLimits::new(&config.limits);
         Ok(Self {
+            routing: ArcSwap::from_pointee(routing),
             access_tokens,
             messages,
             limits,
             config,
-            apps,
             store,
             sessions,
             wechat,
+            shutdown,
+        })
+    }
+
+    /// The routing in force. Hold the guard for one request at most.
+    pub fn routing(&self) -> arc_swap::Guard<Arc<Routing>> {
+        self.routing.load()
+    }
+
+    /// The app registered as `appid` in the routing in force.
+    pub fn app(&self, appid: &str) -> Option<Arc<App>> {
+        self.routing.load().apps.get(appid).cloned()
+    }
+
+    /// The configuration of the app registered as `appid` now.
+    pub fn app_config(&self, appid: &str) -> Option<AppConfig> {
+        self.app(appid).map(|app| app.config.clone())
+    }
+
+    /// Put `config`'s apps and trusted proxies in force for the next requests (requests under
+    /// way finish with the routing they started with). Keys that cannot change in place are
+    /// named in the answer and keep their old values. `config` has been validated already; a
+    /// failure here (an upstream that cannot be set up) changes nothing.
+    pub async fn reload(&self, config: &Config) -> Result<Reloaded, StartError> {
+        let routing = Routing::build(config, Some(&self.routing.load())).await?;
+        routing.apps.start_health_checks(&self.shutdown);
+        self.routing.store(Arc::new(routing));
+        self.messages.wake();
+        Ok(Reloaded {
+            needing_restart: self.config.keys_needing_restart(config),
         })
     }
 }

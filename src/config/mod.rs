@@ -69,7 +69,7 @@ pub struct Config {
 }
 
 /// Per-node rate limits on the native endpoints (`None`: off).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LimitsConfig {
     /// `/login` calls per client address per minute.
     pub login_per_ip_per_minute: Option<u32>,
@@ -78,7 +78,7 @@ pub struct LimitsConfig {
 }
 
 /// The subscribe-message dispatcher.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NotifyConfig {
     /// How often each node looks for due notifications.
     pub poll_interval: Duration,
@@ -116,7 +116,7 @@ pub struct MessagesConfig {
 }
 
 /// Listening side of the gateway.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// Plain HTTP; absent when only TLS is served.
     pub listen: Option<SocketAddr>,
@@ -140,7 +140,7 @@ pub struct ServerConfig {
 }
 
 /// TLS termination: where, and the certificate files (the first is the default).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     pub listen: SocketAddr,
     pub certificates: Vec<CertificateFiles>,
@@ -154,7 +154,7 @@ impl TlsConfig {
 }
 
 /// The store's connection settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DatabaseConfig {
     /// May carry a password, hence a [`Secret`].
     pub url: Secret,
@@ -163,7 +163,7 @@ pub struct DatabaseConfig {
 }
 
 /// Token lifetime and cache sizing.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SessionConfig {
     /// How long a token lives after its last use.
     pub ttl: Duration,
@@ -181,7 +181,7 @@ pub struct SessionConfig {
 }
 
 /// How to reach WeChat.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WechatConfig {
     pub api_base: Url,
     pub timeout: Duration,
@@ -212,13 +212,76 @@ pub struct UpstreamConfig {
 }
 
 /// Side services for local development.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DevConfig {
     pub simulator: Option<SocketAddr>,
     pub echo_upstream: Option<SocketAddr>,
 }
 
 impl Config {
+    /// The keys whose value differs in `new` but cannot change in a running process: they take
+    /// effect at the next start or upgrade (`-u`). Apps, `server.trusted_proxies` and the TLS
+    /// certificate files can.
+    pub fn keys_needing_restart(&self, new: &Config) -> Vec<&'static str> {
+        let (old_server, new_server) = (&self.server, &new.server);
+        let tls_listen = |server: &ServerConfig| server.tls.as_ref().map(|tls| tls.listen);
+        let checks = [
+            ("server.listen", old_server.listen != new_server.listen),
+            (
+                "server.tls",
+                old_server.tls.is_some() != new_server.tls.is_some(),
+            ),
+            (
+                "server.tls.listen",
+                tls_listen(old_server) != tls_listen(new_server),
+            ),
+            ("server.threads", old_server.threads != new_server.threads),
+            (
+                "server.body_limit",
+                old_server.body_limit != new_server.body_limit,
+            ),
+            (
+                "server.upstream_connect_timeout_ms",
+                old_server.upstream_connect_timeout != new_server.upstream_connect_timeout,
+            ),
+            (
+                "server.upstream_read_timeout_ms",
+                old_server.upstream_read_timeout != new_server.upstream_read_timeout,
+            ),
+            (
+                "server.health_check_interval_seconds",
+                old_server.health_check_interval != new_server.health_check_interval,
+            ),
+            (
+                "server.upgrade_sock",
+                old_server.upgrade_sock != new_server.upgrade_sock,
+            ),
+            (
+                "server.pid_file",
+                old_server.pid_file != new_server.pid_file,
+            ),
+            (
+                "server.grace_period_seconds",
+                old_server.grace_period != new_server.grace_period,
+            ),
+            (
+                "server.graceful_shutdown_timeout_seconds",
+                old_server.graceful_shutdown_timeout != new_server.graceful_shutdown_timeout,
+            ),
+            ("database", self.database != new.database),
+            ("session", self.session != new.session),
+            ("wechat", self.wechat != new.wechat),
+            ("notify", self.notify != new.notify),
+            ("limits", self.limits != new.limits),
+            ("dev", self.dev != new.dev),
+        ];
+        checks
+            .into_iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(key, _)| key)
+            .collect()
+    }
+
     /// Read, expand and validate the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)

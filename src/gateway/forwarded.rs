@@ -18,7 +18,7 @@ use rand::RngCore;
 const MAX_REQUEST_ID: usize = 128;
 
 /// The networks whose `X-Forwarded-For` is believed.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TrustedProxies(Vec<IpNet>);
 
 impl TrustedProxies {

@@ -19,7 +19,7 @@ pub mod path;
 pub mod respond;
 pub mod routing;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
@@ -31,7 +31,7 @@ use tracing::Instrument as _;
 use crate::api::{self, Endpoint};
 use crate::error::ApiError;
 use crate::session::Session;
-use crate::state::State;
+use crate::state::{Routing, State};
 pub use ctx::RequestCtx;
 use routing::App;
 
@@ -55,7 +55,22 @@ impl Route {
 
 /// The proxy.
 pub struct Gateway {
-    pub state: Arc<State>,
+    /// Set once the shared state is built. Under Pingora's `Server` the proxy service is made
+    /// before it (the state is built by a service that may run after a daemon's fork) and
+    /// starts accepting only after it, so a request always finds it set.
+    state: Arc<OnceLock<Arc<State>>>,
+}
+
+impl Gateway {
+    pub fn new(state: Arc<OnceLock<Arc<State>>>) -> Self {
+        Self { state }
+    }
+
+    fn state(&self) -> Result<&Arc<State>> {
+        self.state
+            .get()
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "starting"))
+    }
 }
 
 #[async_trait]
@@ -71,7 +86,9 @@ impl ProxyHttp for Gateway {
         session: &mut HttpSession,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
-        self.identify_request(session, ctx)?;
+        // The routing in force now serves this request to its end (its app is kept in `ctx`).
+        let routing = self.state()?.routing();
+        self.identify_request(session, ctx, &routing)?;
         if has_ambiguous_identity(session.req_header()) {
             let error = ApiError::InvalidParam("ambiguous User-App or User-Token".into());
             respond::error(session, &error).await?;
@@ -81,7 +98,9 @@ impl ProxyHttp for Gateway {
             respond::error(session, &ApiError::NotFound).await?;
             return Ok(true);
         };
-        let Some(app) = self.resolve_app(session.req_header()) else {
+        let app = resolve_app(&routing, session.req_header());
+        drop(routing);
+        let Some(app) = app else {
             respond::error(session, &ApiError::AppNotAllowed).await?;
             return Ok(true);
         };
@@ -96,7 +115,8 @@ impl ProxyHttp for Gateway {
                 // Every log line of the call carries the request's id.
                 let request_id = ctx.request_id.as_ref().and_then(|id| id.to_str().ok());
                 let span = tracing::info_span!("request", request_id);
-                Box::pin(api::serve(&self.state, session, endpoint, &app).instrument(span)).await?;
+                Box::pin(api::serve(self.state()?, session, endpoint, &app).instrument(span))
+                    .await?;
                 Ok(true)
             }
             Route::Proxy => {
@@ -124,7 +144,7 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .and_then(|app| app.pick_upstream())
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no healthy upstream"))?;
-        let server = &self.state.config.server;
+        let server = &self.state()?.config.server;
         let mut peer = HttpPeer::new(upstream.config.addr, false, String::new());
         peer.options.connection_timeout = Some(server.upstream_connect_timeout);
         peer.options.read_timeout = Some(server.upstream_read_timeout);
@@ -148,10 +168,11 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut HttpSession,
+        session: &mut HttpSession,
         response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        respond::close_if_shutting_down(session);
         if let Some(id) = &ctx.request_id {
             response.insert_header(REQUEST_ID, id.clone())?;
         }
@@ -239,7 +260,12 @@ pub fn prepare_upstream_request(request: &mut RequestHeader, ctx: &RequestCtx) -
 impl Gateway {
     /// Give the request its id (the client's when acceptable; the request header then carries
     /// it upstream and into every answer) and note who sent it and over what.
-    fn identify_request(&self, session: &mut HttpSession, ctx: &mut RequestCtx) -> Result<()> {
+    fn identify_request(
+        &self,
+        session: &mut HttpSession,
+        ctx: &mut RequestCtx,
+        routing: &Routing,
+    ) -> Result<()> {
         let (id, from_client) = forwarded::request_id(session.req_header());
         if !from_client {
             session
@@ -251,11 +277,7 @@ impl Gateway {
             .digest()
             .is_some_and(|digest| digest.ssl_digest.is_some());
         ctx.client = peer_ip(session).map(|peer| {
-            forwarded::Client::of(
-                session.req_header(),
-                peer,
-                &self.state.config.server.trusted_proxies,
-            )
+            forwarded::Client::of(session.req_header(), peer, &routing.trusted_proxies)
         });
         Ok(())
     }
@@ -268,7 +290,11 @@ impl Gateway {
         ctx: &RequestCtx,
         endpoint: Endpoint,
     ) -> std::result::Result<(), ApiError> {
-        let limits = &self.state.limits;
+        let state = self
+            .state
+            .get()
+            .ok_or_else(|| ApiError::UpstreamUnavailable("starting".into()))?;
+        let limits = &state.limits;
         if endpoint == Endpoint::Login {
             return limits.admit_login(ctx.client.map(|client| client.real_ip));
         }
@@ -296,17 +322,6 @@ impl Gateway {
         }
     }
 
-    /// The app named by `User-App`, or by `?appid=` when the header is absent.
-    fn resolve_app(&self, request: &RequestHeader) -> Option<Arc<App>> {
-        if let Some(value) = request.headers.get("user-app") {
-            return self.state.apps.get(value.to_str().ok()?).cloned();
-        }
-        let query = request.uri.query()?;
-        let (_, appid) =
-            url::form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "appid")?;
-        self.state.apps.get(&appid).cloned()
-    }
-
     /// The session of `User-Token`; anonymous (`None`) when absent, unless the app requires login.
     async fn authenticate(
         &self,
@@ -316,8 +331,11 @@ impl Gateway {
         match request.headers.get("user-token") {
             Some(token) => {
                 let token = token.to_str().map_err(|_| ApiError::NotLoggedIn)?;
-                let session = self
+                let state = self
                     .state
+                    .get()
+                    .ok_or_else(|| ApiError::UpstreamUnavailable("starting".into()))?;
+                let session = state
                     .sessions
                     .authenticate(&app.config.appid, token)
                     .await?;
@@ -327,6 +345,17 @@ impl Gateway {
             None => Ok(None),
         }
     }
+}
+
+/// The app named by `User-App`, or by `?appid=` when the header is absent.
+fn resolve_app(routing: &Routing, request: &RequestHeader) -> Option<Arc<App>> {
+    if let Some(value) = request.headers.get("user-app") {
+        return routing.apps.get(value.to_str().ok()?).cloned();
+    }
+    let query = request.uri.query()?;
+    let (_, appid) =
+        url::form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "appid")?;
+    routing.apps.get(&appid).cloned()
 }
 
 /// The header carrying the request's id.

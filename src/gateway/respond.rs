@@ -3,6 +3,8 @@
 //! `respond_error`, which would close a keep-alive connection on every 401. Each carries the
 //! request's `X-Request-Id`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora_proxy::Session;
@@ -27,6 +29,7 @@ async fn write_with(
     body: Bytes,
     retry_after: Option<u64>,
 ) -> pingora::Result<()> {
+    close_if_shutting_down(session);
     let mut header = ResponseHeader::build(status, Some(5))?;
     if let Some(seconds) = retry_after {
         header.insert_header("Retry-After", seconds.to_string())?;
@@ -42,6 +45,20 @@ async fn write_with(
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// Set once this process has handed its listening sockets to a new one (`-u`, SIGQUIT). It is
+/// the process's own state, hence a static: in-process gateways (tests) never hand over.
+pub static HANDING_OVER: AtomicBool = AtomicBool::new(false);
+
+/// While the process hands over or shuts down, answer with `Connection: close`: the client's
+/// next request then opens a new connection, which the listening socket gives to the new
+/// process. Starting at the handover, seconds before the old process stops reading from idle
+/// keep-alive connections, leaves none for a client to race that close with a request.
+pub fn close_if_shutting_down(session: &mut Session) {
+    if session.is_process_shutting_down() || HANDING_OVER.load(Ordering::Relaxed) {
+        session.set_keepalive(None);
+    }
 }
 
 /// Write a JSON value with `status`.

@@ -47,11 +47,14 @@ pub async fn run(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             return;
         }
-        if iteration.is_multiple_of(HOUSEKEEPING_EVERY) {
-            housekeeping(&state).await;
+        // Idle while no app forwards (a reload may add one, and wakes this loop).
+        if state.routing().forwards_messages() {
+            if iteration.is_multiple_of(HOUSEKEEPING_EVERY) {
+                housekeeping(&state).await;
+            }
+            iteration += 1;
+            poll_once(&state, &in_flight, &outage).await;
         }
-        iteration += 1;
-        poll_once(&state, &in_flight, &outage).await;
         tokio::select! {
             _ = state.messages.wake.notified() => {}
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
@@ -101,8 +104,8 @@ async fn poll_once(state: &Arc<State>, in_flight: &Arc<Semaphore>, outage: &Outa
 /// One delivery attempt of a claimed message, and its outcome in the store.
 async fn deliver(state: &State, message: PendingMessage) {
     let attempt = message.attempts + 1;
-    let app = state.config.app(&message.appid);
-    let Some((app, url)) = app.and_then(|app| {
+    let app = state.app_config(&message.appid);
+    let Some((app, url)) = app.as_ref().and_then(|app| {
         let url = app.messages.as_ref()?.forward_url.clone()?;
         Some((app, url))
     }) else {

@@ -26,8 +26,6 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::config::Config;
-
 /// How long the help desk may take to answer one forward.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,32 +33,20 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Forwarder {
     wake: Notify,
     http: reqwest::Client,
-    enabled: bool,
 }
 
 impl Forwarder {
-    /// A forwarder for `config`; it has work only when some app has a `forward_url`.
-    pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+    /// A forwarder; it has work only while some app has a `forward_url`.
+    pub fn new() -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(FORWARD_TIMEOUT)
             .connect_timeout(Duration::from_secs(3))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        let enabled = config.apps.iter().any(|app| {
-            app.messages
-                .as_ref()
-                .is_some_and(|m| m.forward_url.is_some())
-        });
         Ok(Self {
             wake: Notify::new(),
             http,
-            enabled,
         })
-    }
-
-    /// Whether any app forwards messages (otherwise the loop is not started).
-    pub fn enabled(&self) -> bool {
-        self.enabled
     }
 
     /// A message was recorded: look for due messages now rather than at the next poll.

@@ -69,7 +69,6 @@ struct Dispatcher {
     slot_count: u32,
     strategy: ClaimStrategy,
     /// Apps this node can send for; other apps' notifications are left to nodes that have them.
-    appids: Vec<String>,
     /// Random per process, so that claim ids never repeat across nodes or restarts.
     node: String,
     claims: AtomicU64,
@@ -108,7 +107,6 @@ impl Dispatcher {
             "notification dispatcher started"
         );
         Self {
-            appids: state.config.apps.iter().map(|a| a.appid.clone()).collect(),
             slots: Arc::new(Semaphore::new(slot_count)),
             slot_count: slot_count as u32,
             strategy,
@@ -159,10 +157,18 @@ impl Dispatcher {
             self.node,
             self.claims.fetch_add(1, Ordering::Relaxed)
         );
+        // The apps of the routing in force: a reload may add or remove some.
+        let appids: Vec<String> = self
+            .state
+            .routing()
+            .apps
+            .iter()
+            .map(|app| app.config.appid.clone())
+            .collect();
         let rows = match store
             .claim_notifications(&Claim {
                 strategy: self.strategy,
-                appids: &self.appids,
+                appids: &appids,
                 claim_id: &claim_id,
                 now,
                 lease_until: now + config.lease.as_secs() as i64,
@@ -212,10 +218,10 @@ impl Dispatcher {
 
     /// Send one claimed notification and record the outcome under its claim.
     async fn deliver(&self, row: NotificationRow, claim_id: &str) {
-        let Some(app) = self.state.config.app(&row.appid) else {
-            return; // Not claimable: claims are limited to this node's apps.
+        let Some(app) = self.state.app_config(&row.appid) else {
+            return; // Removed by a reload since it was claimed: its claim lapses.
         };
-        let outcome = send::attempt(&self.state, app, &row, self.send_deadline).await;
+        let outcome = send::attempt(&self.state, &app, &row, self.send_deadline).await;
         let finish = self.finish_for(&row, &outcome);
         match &finish {
             Finish::Sent => tracing::info!(

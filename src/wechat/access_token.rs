@@ -56,23 +56,29 @@ struct Slot {
 pub struct AccessTokens {
     store: Arc<Store>,
     wechat: WeChatClient,
-    slots: HashMap<String, Slot>,
+    /// Made on an app's first call, so apps a reload adds get one too.
+    slots: parking_lot::RwLock<HashMap<String, Arc<Slot>>>,
 }
 
 impl AccessTokens {
-    pub fn new(
-        store: Arc<Store>,
-        wechat: WeChatClient,
-        appids: impl IntoIterator<Item = String>,
-    ) -> Self {
+    pub fn new(store: Arc<Store>, wechat: WeChatClient) -> Self {
         Self {
             store,
             wechat,
-            slots: appids
-                .into_iter()
-                .map(|appid| (appid, Slot::default()))
-                .collect(),
+            slots: parking_lot::RwLock::default(),
         }
+    }
+
+    /// The app's slot, made on first use.
+    fn slot(&self, appid: &str) -> Arc<Slot> {
+        if let Some(slot) = self.slots.read().get(appid) {
+            return slot.clone();
+        }
+        self.slots
+            .write()
+            .entry(appid.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Run `call` with the app's access token; when WeChat refuses the token, drop it, fetch a
@@ -96,7 +102,7 @@ impl AccessTokens {
 
     /// The app's current access token, fetching one when needed.
     pub async fn get(&self, app: &AppConfig) -> Result<Arc<str>, ApiError> {
-        let slot = self.slots.get(&app.appid).ok_or(ApiError::AppNotAllowed)?;
+        let slot = self.slot(&app.appid);
         if let Some(token) = fresh(&slot.held.read()) {
             return Ok(token);
         }
@@ -112,7 +118,7 @@ impl AccessTokens {
 
     /// Forget `token` here and in the store (unless a newer token replaced it already).
     async fn invalidate(&self, app: &AppConfig, token: &str) {
-        if let Some(slot) = self.slots.get(&app.appid) {
+        if let Some(slot) = self.slots.read().get(&app.appid).cloned() {
             let mut held = slot.held.write();
             if held.as_ref().is_some_and(|h| &*h.token == token) {
                 *held = None;

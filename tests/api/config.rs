@@ -63,6 +63,14 @@ fn every_mistake_names_its_key() {
             "server.listen",
             "host:port",
         ),
+        (
+            VALID.replace(
+                "listen: \"127.0.0.1:0\"",
+                "listen: \"127.0.0.1:0\", trusted_proxies: [\"10.0.0.0/8\", \"10.0.0.0/33\"]",
+            ),
+            "server.trusted_proxies[1]",
+            "not a CIDR",
+        ),
     ];
     for (yaml, key, problem) in cases {
         let error = parse(&yaml).unwrap_err();

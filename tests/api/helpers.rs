@@ -41,22 +41,28 @@ impl Db {
     pub fn available(self) -> bool {
         let available = self.admin_url().is_some();
         if !available {
-            let test = std::thread::current()
-                .name()
-                .unwrap_or("unnamed test")
-                .to_string();
-            eprintln!("skipped: {test}: no {self:?} URL in the environment");
-            if let Ok(path) = std::env::var("MPAPI_TEST_SKIP_LOG") {
-                use std::io::Write as _;
-                let line = format!("{test}\n");
-                let _ = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .and_then(|mut file| file.write_all(line.as_bytes()));
-            }
+            record_skip(&format!("no {self:?} URL in the environment"));
         }
         available
+    }
+}
+
+/// Record the calling test as skipped (in the file `MPAPI_TEST_SKIP_LOG` names, which
+/// `scripts/test.sh` counts), so that it is never reported as passed.
+pub fn record_skip(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string();
+    eprintln!("skipped: {test}: {reason}");
+    if let Ok(path) = std::env::var("MPAPI_TEST_SKIP_LOG") {
+        use std::io::Write as _;
+        let line = format!("{test}\n");
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
     }
 }
 

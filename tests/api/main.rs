@@ -18,6 +18,7 @@ mod mobile;
 mod notify;
 mod process;
 mod proxy;
+mod reload;
 mod resilience;
 mod sessions;
 mod systemd;

@@ -78,9 +78,9 @@ apps:
     }
 
     /// Start the binary with `args`, its log in `log_name`.
-    fn start(&self, args: &[&str], log_name: &str) -> Child {
+    fn start(&self, args: &[&str], log_name: &str) -> Proc {
         let log = std::fs::File::create(self.dir.join(log_name)).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_mpapi"))
+        let child = Command::new(env!("CARGO_BIN_EXE_mpapi"))
             .arg("-c")
             .arg(self.conf())
             .args(args)
@@ -88,7 +88,8 @@ apps:
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap()
+            .unwrap();
+        Proc(child)
     }
 
     fn log(&self, log_name: &str) -> String {
@@ -132,8 +133,20 @@ impl Drop for Setup {
     }
 }
 
-fn signal(child: &Child, name: &str) {
-    signal_pid(child.id(), name);
+/// A child process, killed if the test ends (or fails) before it exits.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn signal(child: &Proc, name: &str) {
+    signal_pid(child.0.id(), name);
 }
 
 fn signal_pid(pid: u32, name: &str) {
@@ -146,15 +159,14 @@ fn signal_pid(pid: u32, name: &str) {
 }
 
 /// Wait for `child` to exit, up to `limit`; its exit code.
-async fn exited(child: &mut Child, limit: Duration) -> Option<i32> {
+async fn exited(child: &mut Proc, limit: Duration) -> Option<i32> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             return Some(status.code().unwrap_or(-1));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = child.kill();
     None
 }
 
@@ -329,11 +341,26 @@ async fn a_daemon_writes_its_pid_file_and_serves() {
     );
     setup.wait_ready().await;
     let pid: u32 = read_pid(&setup.dir.join("mpapi.pid")).expect("a pid file");
+    let _daemon = Daemon(pid);
     signal_pid(pid, "TERM");
     let deadline = Instant::now() + Duration::from_secs(20);
     while Path::new(&format!("/proc/{pid}")).exists() {
         assert!(Instant::now() < deadline, "the daemon did not stop");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A daemon's pid, killed if the test ends before it has stopped.
+struct Daemon(u32);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if Path::new(&format!("/proc/{}", self.0)).exists() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(self.0.to_string())
+                .status();
+        }
     }
 }
 

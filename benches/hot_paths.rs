@@ -262,7 +262,7 @@ apps:
     let apps = world.runtime.block_on(Apps::build(&config, None)).unwrap();
     let app = apps.get(APPID).unwrap().clone();
     let ctx = RequestCtx {
-        upstream: app.pick_upstream(),
+        upstream: app.pick_upstream().map(|(upstream, _)| upstream),
         app: Some(app.clone()),
         session: Some(session),
         ..RequestCtx::default()

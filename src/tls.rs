@@ -13,6 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use pingora::utils::tls::{WrappedX509, parse_x509};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -48,6 +49,14 @@ pub enum TlsError {
     },
     #[error("{key}: the key does not match the certificate {}", cert.display())]
     KeyMismatch { key: String, cert: PathBuf },
+    #[error("{key}: cannot load the system's root certificates: {problem}")]
+    SystemRoots { key: String, problem: String },
+    #[error("{key}: {} holds a certificate that cannot serve as a root: {problem}", path.display())]
+    BadRoot {
+        key: String,
+        path: PathBuf,
+        problem: String,
+    },
     #[error("server.tls: no certificate configured")]
     Empty,
     #[error("server.tls: the gateway was started without a TLS listener")]
@@ -97,6 +106,50 @@ fn read(key: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The roots an HTTPS upstream's certificate may chain to, in Pingora's form.
+pub type UpstreamRoots = pingora::protocols::tls::CaType;
+
+/// The system's root certificates plus those of the PEM file at `path` (`key` names it in
+/// errors): what an HTTPS upstream behind a private CA is verified against. Each certificate is
+/// checked as a trust anchor before Pingora parses it.
+pub fn load_upstream_roots(key: &str, path: &Path) -> Result<Arc<UpstreamRoots>, TlsError> {
+    let pem = read(key, path)?;
+    let private: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::BadRoot {
+            key: key.to_string(),
+            path: path.to_path_buf(),
+            problem: e.to_string(),
+        })?;
+    if private.is_empty() {
+        return Err(TlsError::NoCertificate {
+            key: key.to_string(),
+            path: path.to_path_buf(),
+        });
+    }
+    for cert in &private {
+        webpki::anchor_from_trusted_cert(cert).map_err(|e| TlsError::BadRoot {
+            key: key.to_string(),
+            path: path.to_path_buf(),
+            problem: e.to_string(),
+        })?;
+    }
+    let system = rustls_native_certs::load_native_certs().map_err(|e| TlsError::SystemRoots {
+        key: key.to_string(),
+        problem: e.to_string(),
+    })?;
+    // A system root Pingora cannot parse is left out rather than allowed to stop the start.
+    let usable_system = system
+        .into_iter()
+        .filter(|cert| webpki::anchor_from_trusted_cert(cert).is_ok());
+    let roots: Vec<WrappedX509> = private
+        .into_iter()
+        .chain(usable_system)
+        .map(|cert| WrappedX509::new(cert.to_vec(), parse_x509))
+        .collect();
+    Ok(Arc::from(roots))
 }
 
 /// The process-wide rustls provider (ring, which Pingora's listener installs too).

@@ -46,6 +46,10 @@ pub struct ServerSection {
     pub health_check_interval_seconds: Option<u64>,
     /// CIDRs whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Option<Vec<String>>,
+    /// PEM file of CAs an HTTPS upstream may chain to, besides the system's roots.
+    pub upstream_ca: Option<String>,
+    /// How often upstream host names are resolved again.
+    pub upstream_dns_refresh_seconds: Option<u64>,
     /// Where a new process (`-u`) asks the old one for its listening sockets.
     pub upgrade_sock: Option<String>,
     pub pid_file: Option<String>,

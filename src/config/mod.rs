@@ -8,12 +8,13 @@ pub mod file;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use url::Url;
 
 use crate::gateway::forwarded::TrustedProxies;
-use crate::tls::{CertificateFiles, CertificateSet, TlsError};
+use crate::tls::{CertificateFiles, CertificateSet, TlsError, UpstreamRoots};
 use crate::types::Secret;
 use file::{AppSection, FileConfig};
 
@@ -129,6 +130,11 @@ pub struct ServerConfig {
     pub health_check_interval: Duration,
     /// Peers whose `X-Forwarded-For` chain is believed (none by default).
     pub trusted_proxies: TrustedProxies,
+    /// Roots an HTTPS upstream's certificate may chain to, when a private CA is added to the
+    /// system's; `None`: the system's alone.
+    pub upstream_ca: Option<UpstreamCa>,
+    /// How often upstream host names are resolved again.
+    pub upstream_dns_refresh: Duration,
     /// Pingora's upgrade socket: a new process (`-u`) takes the listeners over through it.
     pub upgrade_sock: PathBuf,
     /// Where a daemon (`-d`) writes its process id.
@@ -137,6 +143,30 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// Then how long requests still in flight get before the process exits.
     pub graceful_shutdown_timeout: Duration,
+}
+
+/// `server.upstream_ca` loaded: the system's roots and the file's certificates.
+#[derive(Clone)]
+pub struct UpstreamCa {
+    pub path: PathBuf,
+    pub roots: Arc<UpstreamRoots>,
+}
+
+impl PartialEq for UpstreamCa {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+
+impl std::fmt::Debug for UpstreamCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "UpstreamCa({}, {} roots)",
+            self.path.display(),
+            self.roots.len()
+        )
+    }
 }
 
 /// TLS termination: where, and the certificate files (the first is the default).
@@ -200,12 +230,21 @@ pub struct AppConfig {
     pub messages: Option<MessagesConfig>,
 }
 
-/// One backend base URL, resolved once at start.
+/// One backend base URL. Its host name is resolved at start, then again every
+/// `server.upstream_dns_refresh_seconds` (see the gateway's routing).
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub url: Url,
+    /// The address found at start.
     pub addr: SocketAddr,
-    /// `Host` sent upstream: the URL's host, with the port when it is not 80.
+    /// The host name to resolve again; `None` for an address literal.
+    pub host_name: Option<String>,
+    pub port: u16,
+    /// `https`: TLS to the upstream, its certificate verified for `sni`.
+    pub tls: bool,
+    /// The URL's host (name or address) the certificate must be valid for.
+    pub sni: String,
+    /// `Host` sent upstream: the URL's host, with the port when it is not the scheme's.
     pub host_header: String,
     /// Path the `/app` prefix is replaced with, without a trailing `/` (may be empty).
     pub path_prefix: String,
@@ -409,6 +448,21 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 .max(1),
         ),
         trusted_proxies: trusted_proxies(file.server.trusted_proxies.as_deref().unwrap_or(&[]))?,
+        upstream_ca: file
+            .server
+            .upstream_ca
+            .as_deref()
+            .map(|path| {
+                let path = PathBuf::from(path);
+                crate::tls::load_upstream_roots("server.upstream_ca", &path)
+                    .map(|roots| UpstreamCa { path, roots })
+                    .map_err(tls_error)
+            })
+            .transpose()?,
+        upstream_dns_refresh: Duration::from_secs(positive(
+            "server.upstream_dns_refresh_seconds",
+            file.server.upstream_dns_refresh_seconds.unwrap_or(30),
+        )?),
         upgrade_sock: PathBuf::from(
             file.server
                 .upgrade_sock
@@ -461,7 +515,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             key => key.clone().map(Secret::new),
         },
     };
-    let mut api_base = http_url("wechat.api_base", &file.wechat.api_base, true)?;
+    let mut api_base = http_url("wechat.api_base", &file.wechat.api_base)?;
     if !api_base.path().ends_with('/') {
         // Url::join replaces the last segment of a path without a trailing slash.
         let path = format!("{}/", api_base.path());
@@ -632,7 +686,7 @@ fn validate_messages(key: &str, m: file::MessagesSection) -> Result<MessagesConf
     }
     let forward_url = m
         .forward_url
-        .map(|url| http_url(&format!("{key}.forward_url"), &url, true))
+        .map(|url| http_url(&format!("{key}.forward_url"), &url))
         .transpose()?;
     Ok(MessagesConfig {
         token: Secret::new(m.token),
@@ -648,7 +702,7 @@ fn validate_messages(key: &str, m: file::MessagesSection) -> Result<MessagesConf
 }
 
 fn upstream(key: &str, raw: &str) -> Result<UpstreamConfig, ConfigError> {
-    let url = http_url(key, raw, false)?;
+    let url = http_url(key, raw)?;
     if url.query().is_some() || url.fragment().is_some() {
         return Err(ConfigError::at(key, "a base URL has no query or fragment"));
     }
@@ -656,33 +710,39 @@ fn upstream(key: &str, raw: &str) -> Result<UpstreamConfig, ConfigError> {
         .host_str()
         .ok_or_else(|| ConfigError::at(key, "no host"))?;
     let port = url.port_or_known_default().unwrap_or(80);
-    let addr = (host, port)
+    let (host_name, sni) = match url.host() {
+        Some(url::Host::Domain(name)) => (Some(name.to_string()), name.to_string()),
+        Some(url::Host::Ipv4(ip)) => (None, ip.to_string()),
+        Some(url::Host::Ipv6(ip)) => (None, ip.to_string()),
+        None => return Err(ConfigError::at(key, "no host")),
+    };
+    let addr = (sni.as_str(), port)
         .to_socket_addrs()
         .ok()
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| ConfigError::at(key, format!("cannot resolve host {host}")))?;
+    // The url crate leaves out a port that is the scheme's default.
     let host_header = match url.port() {
         Some(port) => format!("{host}:{port}"),
         None => host.to_string(),
     };
     let path_prefix = url.path().trim_end_matches('/').to_string();
     Ok(UpstreamConfig {
+        tls: url.scheme() == "https",
         url,
         addr,
+        host_name,
+        port,
+        sni,
         host_header,
         path_prefix,
     })
 }
 
-fn http_url(key: &str, raw: &str, allow_https: bool) -> Result<Url, ConfigError> {
+fn http_url(key: &str, raw: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(raw).map_err(|e| ConfigError::at(key, format!("not a URL ({e})")))?;
     match url.scheme() {
-        "http" => Ok(url),
-        "https" if allow_https => Ok(url),
-        "https" => Err(ConfigError::at(
-            key,
-            "https upstreams are not supported by this build; use http",
-        )),
+        "http" | "https" => Ok(url),
         other => Err(ConfigError::at(key, format!("unsupported scheme {other}"))),
     }
 }

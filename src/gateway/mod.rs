@@ -139,13 +139,20 @@ impl ProxyHttp for Gateway {
         _session: &mut HttpSession,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let upstream = ctx
+        let (upstream, addr) = ctx
             .app
             .as_ref()
             .and_then(|app| app.pick_upstream())
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no healthy upstream"))?;
         let server = &self.state()?.config.server;
-        let mut peer = HttpPeer::new(upstream.config.addr, false, String::new());
+        let mut peer = if upstream.config.tls {
+            // Verified against the system's roots, or the ones `server.upstream_ca` adds to them.
+            let mut peer = HttpPeer::new(addr, true, upstream.config.sni.clone());
+            peer.options.ca = upstream.roots.clone();
+            peer
+        } else {
+            HttpPeer::new(addr, false, String::new())
+        };
         peer.options.connection_timeout = Some(server.upstream_connect_timeout);
         peer.options.read_timeout = Some(server.upstream_read_timeout);
         peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
@@ -205,6 +212,9 @@ impl ProxyHttp for Gateway {
         let request_id = ctx.request_id.as_ref().and_then(|id| id.to_str().ok());
         tracing::warn!(error = %e, status = error.status(), request_id, "request failed");
         let mut status = error.status();
+        // The connection is not reused (the request body may be unread): say so in the answer,
+        // or a keep-alive client sends its next request into a closing connection.
+        session.set_keepalive(None);
         if let Err(write_error) = respond::error(session, &error).await {
             tracing::debug!(error = %write_error, "could not write the error response");
             status = 0;

@@ -1,25 +1,31 @@
 //! Apps and their upstream pools: round-robin over each app's base URLs, with TCP health checks
-//! so a dead upstream stops receiving traffic until it answers again.
+//! so a dead upstream stops receiving traffic until it answers again, and host names resolved
+//! again every `server.upstream_dns_refresh_seconds` so an upstream that moves is followed.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
 use http::HeaderValue;
-use pingora::lb::discovery::Static;
+use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use tokio::sync::watch;
 
 use crate::config::{AppConfig, Config, UpstreamConfig};
+use crate::tls::UpstreamRoots;
 
 /// An upstream with what every request to it needs, pre-rendered.
-#[derive(Debug)]
 pub struct Upstream {
     pub config: UpstreamConfig,
     pub host: HeaderValue,
+    /// Roots its certificate is verified against when they are not only the system's.
+    pub roots: Option<Arc<UpstreamRoots>>,
 }
 
 /// A registered mini program and its backends.
@@ -34,13 +40,100 @@ pub struct App {
 }
 
 impl App {
-    /// The next healthy upstream, round-robin.
-    pub fn pick_upstream(&self) -> Option<Arc<Upstream>> {
+    /// The next healthy upstream, round-robin, and the address it is at now.
+    pub fn pick_upstream(&self) -> Option<(Arc<Upstream>, SocketAddr)> {
         let backend = self.pool.balancer.select(b"", 256)?;
-        self.upstreams
-            .iter()
-            .find(|upstream| backend.addr.as_inet() == Some(&upstream.config.addr))
-            .cloned()
+        let addr = *backend.addr.as_inet()?;
+        let index = self.pool.resolver.index_of(addr)?;
+        Some((self.upstreams.get(index)?.clone(), addr))
+    }
+}
+
+/// Where each of a pool's upstreams is: the pool's service discovery. An address literal stays
+/// as it is; a host name is looked up at each refresh, and a lookup that fails or finds nothing
+/// leaves the last good address in use, with a warning.
+struct Resolver {
+    /// Each upstream's host name (`None` for an address literal) and port, in config order.
+    targets: Vec<(Option<String>, u16)>,
+    /// Address to upstream index: the addresses found by the last lookup first, then the
+    /// previous lookup's, so a request that picked a backend just before the balancer swapped
+    /// its set still finds its upstream.
+    by_addr: ArcSwap<Vec<(SocketAddr, usize)>>,
+}
+
+impl Resolver {
+    fn new(upstreams: &[UpstreamConfig]) -> Self {
+        Self {
+            targets: upstreams
+                .iter()
+                .map(|u| (u.host_name.clone(), u.port))
+                .collect(),
+            by_addr: ArcSwap::from_pointee(upstreams.iter().map(|u| u.addr).zip(0..).collect()),
+        }
+    }
+
+    fn index_of(&self, addr: SocketAddr) -> Option<usize> {
+        let by_addr = self.by_addr.load();
+        by_addr.iter().find(|(a, _)| *a == addr).map(|(_, i)| *i)
+    }
+
+    /// Whether any upstream is named by a host name, so lookups can change anything.
+    fn resolves_names(&self) -> bool {
+        self.targets.iter().any(|(name, _)| name.is_some())
+    }
+
+    /// The address upstream `index` is at now: where it was when that is still among the
+    /// answers (no churn between equal answers), else the first answer.
+    async fn lookup(&self, index: usize, previous: SocketAddr) -> SocketAddr {
+        let Some((Some(name), port)) = self.targets.get(index) else {
+            return previous;
+        };
+        match tokio::net::lookup_host((name.as_str(), *port)).await {
+            Ok(found) => {
+                let found: Vec<SocketAddr> = found.collect();
+                if found.contains(&previous) {
+                    previous
+                } else if let Some(first) = found.first() {
+                    tracing::info!(upstream = %name, from = %previous, to = %first, "upstream address changed");
+                    *first
+                } else {
+                    tracing::warn!(upstream = %name, address = %previous, "upstream host name resolves to nothing; keeping its last address");
+                    previous
+                }
+            }
+            Err(error) => {
+                tracing::warn!(upstream = %name, address = %previous, %error, "upstream host name does not resolve; keeping its last address");
+                previous
+            }
+        }
+    }
+}
+
+/// The discovery handed to Pingora's balancer, sharing the resolver with the pool.
+struct Discovery(Arc<Resolver>);
+
+#[async_trait]
+impl ServiceDiscovery for Discovery {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let resolver = &self.0;
+        let previous = resolver.by_addr.load_full();
+        let count = resolver.targets.len();
+        let mut current = Vec::with_capacity(count * 2);
+        let mut backends = BTreeSet::new();
+        for index in 0..count {
+            let was = previous
+                .iter()
+                .find(|(_, i)| *i == index)
+                .map(|(addr, _)| *addr);
+            let Some(was) = was else { continue };
+            let addr = resolver.lookup(index, was).await;
+            backends.insert(Backend::new(&addr.to_string())?);
+            current.push((addr, index));
+        }
+        // The previous lookup's addresses stay findable until the next refresh.
+        current.extend(previous.iter().take(count).copied());
+        resolver.by_addr.store(Arc::new(current));
+        Ok((backends, HashMap::new()))
     }
 }
 
@@ -51,9 +144,11 @@ impl App {
 /// of the routing in force (nor a request still under way) holds the pool, the loop ends.
 pub struct Pool {
     pub balancer: LoadBalancer<RoundRobin>,
+    resolver: Arc<Resolver>,
     /// The base URLs it was built from, to recognise an unchanged list at a reload.
     urls: Vec<url::Url>,
     interval: Duration,
+    dns_refresh: Duration,
     /// Whether its check loop runs.
     checked: AtomicBool,
 }
@@ -62,21 +157,45 @@ impl Pool {
     async fn build(
         upstreams: &[UpstreamConfig],
         interval: Duration,
+        dns_refresh: Duration,
     ) -> Result<Self, pingora::BError> {
-        let mut backends = BTreeSet::new();
-        for upstream in upstreams {
-            backends.insert(Backend::new(&upstream.addr.to_string())?);
-        }
-        let mut balancer =
-            LoadBalancer::<RoundRobin>::from_backends(Backends::new(Static::new(backends)));
+        let resolver = Arc::new(Resolver::new(upstreams));
+        let discovery = Box::new(Discovery(resolver.clone()));
+        let mut balancer = LoadBalancer::<RoundRobin>::from_backends(Backends::new(discovery));
         balancer.set_health_check(TcpHealthCheck::new());
         balancer.update().await?;
         Ok(Self {
             balancer,
+            resolver,
             urls: upstreams.iter().map(|u| u.url.clone()).collect(),
             interval,
+            dns_refresh,
             checked: AtomicBool::new(false),
         })
+    }
+
+    /// Resolve the pool's host names again every `dns_refresh`, until the pool is dropped or
+    /// the process shuts down. A moved upstream starts healthy; the next check confirms it.
+    async fn refresh_addresses(pool: Weak<Pool>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let Some(interval) = pool.upgrade().map(|current| current.dns_refresh) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        return;
+                    }
+                }
+            }
+            let Some(current) = pool.upgrade() else {
+                return;
+            };
+            if let Err(error) = current.balancer.update().await {
+                tracing::warn!(%error, "upstream address refresh failed");
+            }
+        }
     }
 
     /// Check every upstream now and then every `interval`, until the pool is dropped or the
@@ -117,22 +236,30 @@ impl Apps {
                 let host = HeaderValue::from_str(&upstream.host_header).map_err(|_| {
                     pingora::Error::explain(pingora::ErrorType::InternalError, "bad upstream host")
                 })?;
+                let roots = config
+                    .server
+                    .upstream_ca
+                    .as_ref()
+                    .map(|ca| ca.roots.clone());
                 upstreams.push(Arc::new(Upstream {
                     config: upstream.clone(),
                     host,
+                    roots: roots.filter(|_| upstream.tls),
                 }));
             }
             let interval = config.server.health_check_interval;
+            let dns_refresh = config.server.upstream_dns_refresh;
             let kept = previous
                 .and_then(|apps| apps.get(&app.appid))
                 .map(|old| &old.pool)
                 .filter(|pool| {
                     pool.interval == interval
+                        && pool.dns_refresh == dns_refresh
                         && pool.urls.iter().eq(app.upstreams.iter().map(|u| &u.url))
                 });
             let pool = match kept {
                 Some(pool) => pool.clone(),
-                None => Arc::new(Pool::build(&app.upstreams, interval).await?),
+                None => Arc::new(Pool::build(&app.upstreams, interval, dns_refresh).await?),
             };
             let authorization = app
                 .host_token
@@ -173,6 +300,12 @@ impl Apps {
                     Arc::downgrade(&app.pool),
                     shutdown.clone(),
                 ));
+                if app.pool.resolver.resolves_names() {
+                    tokio::spawn(Pool::refresh_addresses(
+                        Arc::downgrade(&app.pool),
+                        shutdown.clone(),
+                    ));
+                }
             }
         }
     }

@@ -28,6 +28,26 @@ fn a_minimal_file_parses_with_defaults_and_expands_variables() {
     assert_eq!(config.server.body_limit, 1 << 20);
     assert_eq!(config.session.ttl.as_secs(), 7 * 86_400);
     assert_eq!(config.apps[0].upstreams[0].path_prefix, "/api");
+    assert_eq!(config.server.upstream_dns_refresh.as_secs(), 30);
+    assert!(config.server.upstream_ca.is_none());
+}
+
+#[test]
+fn an_https_upstream_is_tls_with_its_host_as_sni_and_its_port_only_when_not_443() {
+    let config = parse(&VALID.replace(
+        "\"http://127.0.0.1:9000/api\"",
+        "\"https://127.0.0.1/api\", \"https://localhost:8443\"",
+    ))
+    .unwrap();
+    let upstreams = &config.apps[0].upstreams;
+    assert!(upstreams.iter().all(|u| u.tls));
+    assert_eq!(upstreams[0].addr.port(), 443);
+    assert_eq!(upstreams[0].sni, "127.0.0.1");
+    assert_eq!(upstreams[0].host_header, "127.0.0.1");
+    assert_eq!(upstreams[0].host_name, None);
+    assert_eq!(upstreams[1].sni, "localhost");
+    assert_eq!(upstreams[1].host_header, "localhost:8443");
+    assert_eq!(upstreams[1].host_name.as_deref(), Some("localhost"));
 }
 
 #[test]
@@ -70,6 +90,35 @@ fn every_mistake_names_its_key() {
             ),
             "server.trusted_proxies[1]",
             "not a CIDR",
+        ),
+        (
+            VALID.replace(
+                "listen: \"127.0.0.1:0\"",
+                "listen: \"127.0.0.1:0\", upstream_ca: \"/nonexistent/ca.pem\"",
+            ),
+            "server.upstream_ca",
+            "cannot read /nonexistent/ca.pem",
+        ),
+        (
+            VALID.replace(
+                "listen: \"127.0.0.1:0\"",
+                "listen: \"127.0.0.1:0\", upstream_ca: \"Cargo.toml\"",
+            ),
+            "server.upstream_ca",
+            "holds no PEM certificate",
+        ),
+        (
+            VALID.replace(
+                "listen: \"127.0.0.1:0\"",
+                "listen: \"127.0.0.1:0\", upstream_dns_refresh_seconds: 0",
+            ),
+            "server.upstream_dns_refresh_seconds",
+            "",
+        ),
+        (
+            VALID.replace("http://127.0.0.1:9000/api", "ftp://127.0.0.1/api"),
+            "apps[0].upstreams[0]",
+            "unsupported scheme ftp",
         ),
     ];
     for (yaml, key, problem) in cases {

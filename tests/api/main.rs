@@ -23,4 +23,5 @@ mod resilience;
 mod sessions;
 mod systemd;
 mod tls;
+mod upstreams;
 mod wxcode;

@@ -70,7 +70,11 @@ impl World {
             token_key: Some(Secret::new(TOKEN_KEY)),
         };
         self.runtime
-            .block_on(Sessions::new(self.store.clone(), &config))
+            .block_on(Sessions::new(
+                self.store.clone(),
+                &config,
+                mpapi::observe::Metrics::new(),
+            ))
             .unwrap()
     }
 
@@ -259,7 +263,10 @@ apps:
 "#
     );
     let config = Config::parse(&yaml, &|_| None).unwrap();
-    let apps = world.runtime.block_on(Apps::build(&config, None)).unwrap();
+    let apps = world
+        .runtime
+        .block_on(Apps::build(&config, None, &mpapi::observe::Metrics::new()))
+        .unwrap();
     let app = apps.get(APPID).unwrap().clone();
     let ctx = RequestCtx {
         upstream: app.pick_upstream().map(|(upstream, _)| upstream),

@@ -141,6 +141,7 @@ async fn measure(
                 negative_cache_ttl: Duration::from_secs(10),
                 token_key: Some(Secret::new(TOKEN_KEY)),
             },
+            mpapi::observe::Metrics::new(),
         )
         .await?,
     );

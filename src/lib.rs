@@ -14,6 +14,7 @@
 //! - [`wechat`]: the client of WeChat's server API, and its crypto.
 //! - [`notify`]: subscribe messages queued by `/notify`, sent by a background dispatcher.
 //! - [`sim`]: a WeChat simulator (and an echo upstream) for tests and local development.
+//! - [`observe`]: Prometheus metrics, the admin listener's probes, the JSON access log.
 //! - [`error`]: the request layer's one error type and its JSON envelope.
 //! - [`shutdown`]: the shutdown signal every long-running task watches.
 //!
@@ -44,6 +45,7 @@ pub mod error;
 pub mod gateway;
 pub mod messages;
 pub mod notify;
+pub mod observe;
 pub mod process;
 pub mod server;
 pub mod session;

@@ -47,22 +47,35 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+/// Log lines go to stderr, as text or (`log.format: json`) one JSON object per line.
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    if json {
+        builder
+            .json()
+            .flatten_event(false)
+            .with_current_span(true)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(&cli.conf) {
         Ok(config) => config,
         Err(error) => {
+            init_logging(false);
             eprintln!("mpapi: configuration {}: {error}", cli.conf.display());
             return ExitCode::FAILURE;
         }
     };
+    init_logging(config.log.json);
     if cli.test {
         println!("mpapi: configuration {} is valid", cli.conf.display());
         return ExitCode::SUCCESS;

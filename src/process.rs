@@ -189,14 +189,20 @@ impl Core {
     }
 
     async fn reload(&self, state: &State) {
+        if let Some(log) = &state.access_log {
+            log.reopen();
+        }
         let config = match Config::load(&self.path) {
             Ok(config) => config,
             Err(error) => {
+                state.metrics.config_reloaded(false);
                 tracing::error!(%error, "SIGHUP: configuration refused; the last good one stays");
                 return;
             }
         };
-        match reload(state, self.certificates.as_deref(), &config).await {
+        let reloaded = reload(state, self.certificates.as_deref(), &config).await;
+        state.metrics.config_reloaded(reloaded.is_ok());
+        match reloaded {
             Ok(reloaded) => {
                 tracing::info!(apps = config.apps.len(), "SIGHUP: configuration reloaded");
                 for key in reloaded.needing_restart {

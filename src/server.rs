@@ -261,6 +261,7 @@ pub async fn start_core(
 ) -> Result<(Arc<State>, JoinHandle<()>), StartError> {
     start_dev_services(&config, &shutdown).await?;
     let state = Arc::new(State::build(config, shutdown.clone()).await?);
+    start_admin(&state, &shutdown).await?;
     tokio::spawn(crate::messages::forwarder::run(
         state.clone(),
         shutdown.clone(),
@@ -328,6 +329,38 @@ fn tls_settings(certificates: Arc<CertificateResolver>) -> Result<TlsSettings, S
     Ok(settings)
 }
 
+/// The admin listener (`admin.listen`): metrics and probes. In an upgrade the old process
+/// still holds the port: it is bound as soon as the old process lets go.
+async fn start_admin(
+    state: &Arc<State>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(), StartError> {
+    let Some(addr) = state.config.admin.listen else {
+        return Ok(());
+    };
+    let listener = bind_or_wait(addr, shutdown).await?;
+    let state = state.clone();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let Some(listener) = listener.await else {
+            return;
+        };
+        let Ok(bound) = listener.local_addr() else {
+            return;
+        };
+        let _ = state.admin_addr.set(bound);
+        tracing::info!(addr = %bound, "admin listener (metrics, probes)");
+        let router = crate::observe::admin::router(state);
+        if let Err(error) = axum::serve(listener, router)
+            .with_graceful_shutdown(wait_for(shutdown))
+            .await
+        {
+            tracing::error!(%error, "admin listener failed");
+        }
+    });
+    Ok(())
+}
+
 /// The simulator and echo upstream of a `dev:` section, on this runtime. In an upgrade the old
 /// process still holds their ports: they are bound as soon as it lets go.
 async fn start_dev_services(
@@ -335,7 +368,7 @@ async fn start_dev_services(
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(), StartError> {
     if let Some(addr) = config.dev.simulator {
-        let listener = bind_dev(addr, shutdown).await?;
+        let listener = bind_or_wait(addr, shutdown).await?;
         let simulator = Simulator::for_config(config);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -347,7 +380,7 @@ async fn start_dev_services(
         });
     }
     if let Some(addr) = config.dev.echo_upstream {
-        let listener = bind_dev(addr, shutdown).await?;
+        let listener = bind_or_wait(addr, shutdown).await?;
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let Some(listener) = listener.await else {
@@ -361,7 +394,7 @@ async fn start_dev_services(
 }
 
 /// Bind `addr` now, or — when it is in use — keep trying in the background until shutdown.
-async fn bind_dev(
+async fn bind_or_wait(
     addr: SocketAddr,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<impl std::future::Future<Output = Option<tokio::net::TcpListener>> + use<>, StartError>
@@ -374,7 +407,7 @@ async fn bind_dev(
         if first.is_some() {
             return first;
         }
-        tracing::info!(%addr, "dev service port in use: waiting for it");
+        tracing::info!(%addr, "port in use: waiting for it (in an upgrade, the old process holds it until it exits)");
         while !*shutdown.borrow() {
             tokio::time::sleep(Duration::from_millis(200)).await;
             if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {

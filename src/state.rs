@@ -6,7 +6,8 @@
 //! force when it starts (one atomic load, no lock) and keeps it to the end. Everything else is
 //! fixed for the life of the process; a reload that changes it says so.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -16,6 +17,7 @@ use crate::gateway::forwarded::TrustedProxies;
 use crate::gateway::limits::RateLimits;
 use crate::gateway::routing::{App, Apps};
 use crate::messages::Forwarder;
+use crate::observe::{AccessLog, Metrics};
 use crate::session::Sessions;
 use crate::store::Store;
 use crate::wechat::WeChatClient;
@@ -36,6 +38,14 @@ pub struct State {
     pub messages: Forwarder,
     /// Per-node rate limits on the native endpoints.
     pub limits: RateLimits,
+    pub metrics: Arc<Metrics>,
+    /// Whether requests are counted in the metrics: only when something can scrape them
+    /// (`admin.listen` is set), so a gateway without monitoring pays nothing per request.
+    pub counts_requests: bool,
+    /// `None` when `log.access` is off.
+    pub access_log: Option<AccessLog>,
+    /// Where the admin listener took its port (known once it is bound).
+    pub admin_addr: OnceLock<SocketAddr>,
     /// The process's shutdown, which also ends the health checks of pools a reload adds.
     shutdown: watch::Receiver<bool>,
 }
@@ -47,8 +57,12 @@ pub struct Routing {
 }
 
 impl Routing {
-    async fn build(config: &Config, previous: Option<&Routing>) -> Result<Self, StartError> {
-        let apps = Apps::build(config, previous.map(|routing| &routing.apps))
+    async fn build(
+        config: &Config,
+        previous: Option<&Routing>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, StartError> {
+        let apps = Apps::build(config, previous.map(|routing| &routing.apps), metrics)
             .await
             .map_err(|e| StartError::Upstreams(e.to_string()))?;
         Ok(Self {
@@ -79,6 +93,8 @@ pub enum StartError {
     WeChat(#[from] reqwest::Error),
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
+    #[error("log.access: {0}")]
+    AccessLog(std::io::Error),
 }
 
 /// What a reload did.
@@ -95,11 +111,18 @@ impl State {
         config: Config,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, StartError> {
+        let metrics = Metrics::new();
         let store = Arc::new(Store::connect(&config.database).await?);
-        let sessions = Sessions::new(store.clone(), &config.session).await?;
-        let routing = Routing::build(&config, None).await?;
+        let sessions = Sessions::new(store.clone(), &config.session, metrics.clone()).await?;
+        let routing = Routing::build(&config, None, &metrics).await?;
         routing.apps.start_health_checks(&shutdown);
-        let wechat = WeChatClient::new(&config.wechat)?;
+        let wechat = WeChatClient::new(&config.wechat, metrics.clone())?;
+        let access_log = match &config.log.access {
+            Some(target) => {
+                Some(AccessLog::start(target, metrics.clone()).map_err(StartError::AccessLog)?)
+            }
+            None => None,
+        };
         let access_tokens = AccessTokens::new(store.clone(), wechat.clone());
         let messages = Forwarder::new()?;
         let limits = RateLimits::new(&config.limits);
@@ -108,12 +131,21 @@ impl State {
             access_tokens,
             messages,
             limits,
+            metrics,
+            counts_requests: config.admin.listen.is_some(),
+            access_log,
+            admin_addr: OnceLock::new(),
             config,
             store,
             sessions,
             wechat,
             shutdown,
         })
+    }
+
+    /// Whether the process is shutting down (SIGTERM, SIGINT, or the end of a handover).
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
     }
 
     /// The routing in force. Hold the guard for one request at most.
@@ -136,7 +168,7 @@ impl State {
     /// named in the answer and keep their old values. `config` has been validated already; a
     /// failure here (an upstream that cannot be set up) changes nothing.
     pub async fn reload(&self, config: &Config) -> Result<Reloaded, StartError> {
-        let routing = Routing::build(config, Some(&self.routing.load())).await?;
+        let routing = Routing::build(config, Some(&self.routing.load()), &self.metrics).await?;
         routing.apps.start_health_checks(&self.shutdown);
         self.routing.store(Arc::new(routing));
         self.messages.wake();

@@ -159,6 +159,8 @@ enum Driver {
 const GENERATOR_THREADS: &str = "load-client";
 const BARE: &str = "bare pass-through";
 const BARE_WRK: &str = "bare pass-through, wrk";
+/// The cached-token scenario with metrics counted and the access log written.
+const OBSERVED: &str = "cached token, metrics + access log";
 
 /// Thread counts every server is measured with.
 const THREADS: [usize; 2] = [1, 2];
@@ -244,8 +246,9 @@ fn main() {
     let mut nginx = None;
     for threads in THREADS {
         let bare = RunningPassThrough::start(threads, upstream);
-        let (main, small, pg) = client.block_on(async {
+        let (main, observed, small, pg) = client.block_on(async {
             let main = world::gateway(threads, &sqlite.url, 1_000_000, upstream, sim_addr).await;
+            let observed = world::observed_gateway(threads, &sqlite.url, upstream, sim_addr).await;
             let small =
                 world::gateway(threads, &sqlite.url, plan.small_cache, upstream, sim_addr).await;
             let pg = match &postgres {
@@ -254,10 +257,11 @@ fn main() {
                 }
                 None => None,
             };
-            (main, small, pg)
+            (main, observed, small, pg)
         });
         let identity = client.block_on(prime(main.addr, &live, true));
         client.block_on(prime(main.addr, &plain, false));
+        let _ = client.block_on(prime(observed.addr, &live, true));
         let scenario =
             |name, addr, store: Option<&RunningGateway>, expect, make: MakeRequest| Scenario {
                 name,
@@ -297,6 +301,13 @@ fn main() {
             Some(&main),
             ok,
             scenarios::app_get(main.addr, c, live.clone()),
+        ));
+        list.push(scenario(
+            OBSERVED,
+            observed.addr,
+            Some(&observed),
+            ok,
+            scenarios::app_get(observed.addr, c, live.clone()),
         ));
         list.push(scenario(
             "cached token, no profile",
@@ -414,7 +425,7 @@ fn main() {
             }
         }
         bares.push(bare);
-        gateways.extend([main, small]);
+        gateways.extend([main, observed, small]);
         gateways.extend(pg);
     }
     if postgres.is_none() {

@@ -110,9 +110,13 @@ pub struct Seeded {
 pub async fn seed(url: &str, live: usize, overflow: usize) -> Seeded {
     let store = Arc::new(Store::connect(&database_config(url)).await.unwrap());
     let sessions = Arc::new(
-        Sessions::new(store.clone(), &seed_session_config())
-            .await
-            .unwrap(),
+        Sessions::new(
+            store.clone(),
+            &seed_session_config(),
+            mpapi::observe::Metrics::new(),
+        )
+        .await
+        .unwrap(),
     );
     let first = login_many(&sessions, "live", live).await;
     let second = login_many(&sessions, "live", live).await;
@@ -209,6 +213,52 @@ pub async fn gateway(
     upstream: SocketAddr,
     simulator: SocketAddr,
 ) -> RunningGateway {
+    gateway_with(
+        threads,
+        database_url,
+        cache_capacity,
+        upstream,
+        simulator,
+        "",
+    )
+    .await
+}
+
+/// [`gateway`] with monitoring on: the admin listener (so requests are counted in the
+/// metrics) and the access log, written to a file as in production.
+pub async fn observed_gateway(
+    threads: usize,
+    database_url: &str,
+    upstream: SocketAddr,
+    simulator: SocketAddr,
+) -> RunningGateway {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/mpapi-bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join(format!("access-{threads}.log"));
+    let _ = std::fs::remove_file(&log);
+    let extra = format!(
+        "admin:\n  listen: \"127.0.0.1:0\"\nlog:\n  access: \"{}\"\n",
+        log.display()
+    );
+    gateway_with(
+        threads,
+        database_url,
+        1_000_000,
+        upstream,
+        simulator,
+        &extra,
+    )
+    .await
+}
+
+async fn gateway_with(
+    threads: usize,
+    database_url: &str,
+    cache_capacity: u64,
+    upstream: SocketAddr,
+    simulator: SocketAddr,
+    extra: &str,
+) -> RunningGateway {
     let yaml = format!(
         r#"
 server:
@@ -228,6 +278,7 @@ apps:
   - appid: "{APPID}"
     secret: "{SECRET}"
     upstreams: ["http://{upstream}/api"]
+{extra}
 "#
     );
     let config = Config::parse(&yaml, &|_| None).unwrap();

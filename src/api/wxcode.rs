@@ -116,11 +116,21 @@ fn line_color(raw: &str) -> Option<Value> {
     Some(out)
 }
 
-/// One call to WeChat: image bytes on success, WeChat's errcode otherwise.
+/// One call to WeChat, counted in the metrics.
 async fn fetch(state: &State, token: &str, body: &Value) -> Result<Reply, ApiError> {
     let url = state
         .wechat
         .url("wxa/getwxacodeunlimit", &[("access_token", token)])?;
+    let started = std::time::Instant::now();
+    let reply = fetch_from(state, url.clone(), body).await;
+    state
+        .wechat
+        .record(&url, crate::wechat::errcode_of(&reply), started);
+    reply
+}
+
+/// Image bytes on success, WeChat's errcode otherwise.
+async fn fetch_from(state: &State, url: url::Url, body: &Value) -> Result<Reply, ApiError> {
     let response = state
         .wechat
         .http()

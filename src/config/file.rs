@@ -22,6 +22,27 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     #[serde(default)]
     pub dev: Option<DevSection>,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// `admin:` — the listener for metrics and probes (absent: off).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: Option<String>,
+}
+
+/// `log:` — the access log and the application log's format.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `off` (default), `stdout`, or a file path.
+    pub access: Option<String>,
+    /// `text` (default) or `json`.
+    pub format: Option<String>,
 }
 
 /// `limits:` — per-node rate limits on the native endpoints; 0 turns one off.

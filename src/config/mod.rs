@@ -14,6 +14,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::gateway::forwarded::TrustedProxies;
+use crate::observe::AccessLogTarget;
 use crate::tls::{CertificateFiles, CertificateSet, TlsError, UpstreamRoots};
 use crate::types::Secret;
 use file::{AppSection, FileConfig};
@@ -67,6 +68,24 @@ pub struct Config {
     pub notify: NotifyConfig,
     pub limits: LimitsConfig,
     pub dev: DevConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+/// The admin listener (metrics and probes).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AdminConfig {
+    /// `None`: no admin listener.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogConfig {
+    /// Where the access log goes; `None`: off.
+    pub access: Option<AccessLogTarget>,
+    /// Application log lines as JSON objects rather than text.
+    pub json: bool,
 }
 
 /// Per-node rate limits on the native endpoints (`None`: off).
@@ -313,6 +332,8 @@ impl Config {
             ("notify", self.notify != new.notify),
             ("limits", self.limits != new.limits),
             ("dev", self.dev != new.dev),
+            ("admin", self.admin != new.admin),
+            ("log", self.log != new.log),
         ];
         checks
             .into_iter()
@@ -568,6 +589,32 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         native_per_token_per_minute: Some(file.limits.native_per_token_per_minute.unwrap_or(600))
             .filter(|&n| n > 0),
     };
+    let admin = AdminConfig {
+        listen: file
+            .admin
+            .listen
+            .as_deref()
+            .map(|listen| socket_addr("admin.listen", listen))
+            .transpose()?,
+    };
+    let log = LogConfig {
+        access: match file.log.access.as_deref() {
+            None | Some("off") => None,
+            Some("stdout") => Some(AccessLogTarget::Stdout),
+            Some("") => return Err(ConfigError::at("log.access", "off, stdout or a file path")),
+            Some(path) => Some(AccessLogTarget::File(PathBuf::from(path))),
+        },
+        json: match file.log.format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(ConfigError::at(
+                    "log.format",
+                    format!("{other:?} is neither text nor json"),
+                ));
+            }
+        },
+    };
     Ok(Config {
         server,
         database,
@@ -577,6 +624,8 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         notify,
         limits,
         dev,
+        admin,
+        log,
     })
 }
 

@@ -1,11 +1,13 @@
 //! Per-request state, filled phase by phase so that no later phase re-parses a header.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
 use super::forwarded::Client;
 use super::routing::{App, Upstream};
+use crate::observe::RouteLabel;
 use crate::session::Session;
 
 /// What the gateway learnt about one request.
@@ -25,4 +27,13 @@ pub struct RequestCtx {
     pub client: Option<Client>,
     /// Whether the client's connection is TLS (`X-Forwarded-Proto: https`).
     pub https: bool,
+    /// When the request arrived.
+    pub started: Option<Instant>,
+    /// What the request was, for metrics and the access log.
+    pub route: RouteLabel,
+    /// When the upstream was picked, then how long until its response header came.
+    pub upstream_started: Option<Instant>,
+    pub upstream_time: Option<Duration>,
+    /// The upstream's response status (0: none came).
+    pub upstream_status: u16,
 }

@@ -20,6 +20,7 @@ pub mod respond;
 pub mod routing;
 
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
@@ -30,6 +31,7 @@ use tracing::Instrument as _;
 
 use crate::api::{self, Endpoint};
 use crate::error::ApiError;
+use crate::observe::{AccessRecord, RouteLabel};
 use crate::session::Session;
 use crate::state::{Routing, State};
 pub use ctx::RequestCtx;
@@ -44,6 +46,24 @@ enum Route {
 }
 
 impl Route {
+    /// The `route` label of metrics and the access log.
+    fn label(route: Option<&Route>) -> RouteLabel {
+        match route {
+            None => RouteLabel::Unknown,
+            Some(Route::Proxy) => RouteLabel::App,
+            Some(Route::Native(endpoint)) => match endpoint {
+                Endpoint::Login => RouteLabel::Login,
+                Endpoint::Logout => RouteLabel::Logout,
+                Endpoint::WxCode => RouteLabel::Wxcode,
+                Endpoint::Credentials => RouteLabel::Credentials,
+                Endpoint::Mobile => RouteLabel::Mobile,
+                Endpoint::MessageReceive => RouteLabel::MessageReceive,
+                Endpoint::MessageReply => RouteLabel::MessageReply,
+                Endpoint::Notify | Endpoint::NotifyItem(_) => RouteLabel::Notify,
+            },
+        }
+    }
+
     fn of(path: &str) -> Option<Self> {
         if path == "/app" || path.starts_with("/app/") {
             Some(Self::Proxy)
@@ -78,7 +98,10 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            started: Some(Instant::now()),
+            ..RequestCtx::default()
+        }
     }
 
     async fn request_filter(
@@ -89,12 +112,14 @@ impl ProxyHttp for Gateway {
         // The routing in force now serves this request to its end (its app is kept in `ctx`).
         let routing = self.state()?.routing();
         self.identify_request(session, ctx, &routing)?;
+        let route = Route::of(session.req_header().uri.path());
+        ctx.route = Route::label(route.as_ref());
         if has_ambiguous_identity(session.req_header()) {
             let error = ApiError::InvalidParam("ambiguous User-App or User-Token".into());
             respond::error(session, &error).await?;
             return Ok(true);
         }
-        let Some(route) = Route::of(session.req_header().uri.path()) else {
+        let Some(route) = route else {
             respond::error(session, &ApiError::NotFound).await?;
             return Ok(true);
         };
@@ -104,6 +129,7 @@ impl ProxyHttp for Gateway {
             respond::error(session, &ApiError::AppNotAllowed).await?;
             return Ok(true);
         };
+        ctx.app = Some(app.clone());
         match route {
             Route::Native(endpoint) => {
                 if let Err(error) = self.admit(session, ctx, endpoint) {
@@ -157,7 +183,30 @@ impl ProxyHttp for Gateway {
         peer.options.read_timeout = Some(server.upstream_read_timeout);
         peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
         ctx.upstream = Some(upstream);
+        ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut HttpSession,
+        response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_status = response.status.as_u16();
+        ctx.upstream_time = ctx.upstream_started.map(|at| at.elapsed());
+        Ok(())
+    }
+
+    async fn logging(
+        &self,
+        session: &mut HttpSession,
+        _error: Option<&Error>,
+        ctx: &mut RequestCtx,
+    ) {
+        if let Ok(state) = self.state() {
+            observe_request(state, session, ctx);
+        }
     }
 
     async fn upstream_request_filter(
@@ -223,6 +272,44 @@ impl ProxyHttp for Gateway {
             error_code: status,
             can_reuse_downstream: false,
         }
+    }
+}
+
+/// Count a finished request in the metrics and write its access log line.
+fn observe_request(state: &State, session: &HttpSession, ctx: &RequestCtx) {
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    let elapsed = ctx.started.map_or(Duration::ZERO, |at| at.elapsed());
+    let appid = ctx.app.as_ref().map(|app| app.config.appid.as_str());
+    if state.counts_requests {
+        let app = ctx
+            .app
+            .as_ref()
+            .map(|app| (app.config.appid.as_str(), &app.durations));
+        state.metrics.request(app, ctx.route, status, elapsed);
+        if let Some(upstream) = &ctx.upstream {
+            state.metrics.upstream_request(
+                appid.unwrap_or(""),
+                &upstream.label,
+                ctx.upstream_status,
+            );
+        }
+    }
+    if let Some(log) = &state.access_log {
+        let request = session.req_header();
+        log.record(&AccessRecord {
+            request_id: ctx.request_id.as_ref().and_then(|id| id.to_str().ok()),
+            client_ip: ctx.client.map(|client| client.real_ip),
+            method: request.method.as_str(),
+            path: request.uri.path(),
+            status,
+            duration: elapsed,
+            bytes_sent: session.body_bytes_sent(),
+            app: appid,
+            route: ctx.route.as_str(),
+            user_id: ctx.session.as_ref().map(|s| s.user_id),
+            upstream: ctx.upstream.as_ref().map(|u| u.label.as_str()),
+            upstream_time: ctx.upstream_time,
+        });
     }
 }
 
@@ -322,7 +409,6 @@ impl Gateway {
         match self.authenticate(session.req_header(), &app).await {
             Ok(user) => {
                 ctx.session = user;
-                ctx.app = Some(app);
                 Ok(false)
             }
             Err(error) => {

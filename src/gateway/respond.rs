@@ -51,6 +51,11 @@ async fn write_with(
 /// the process's own state, hence a static: in-process gateways (tests) never hand over.
 pub static HANDING_OVER: AtomicBool = AtomicBool::new(false);
 
+/// Whether this process has handed its sockets over (see [`HANDING_OVER`]).
+pub fn is_handing_over() -> bool {
+    HANDING_OVER.load(Ordering::Relaxed)
+}
+
 /// While the process hands over or shuts down, answer with `Connection: close`: the client's
 /// next request then opens a new connection, which the listening socket gives to the new
 /// process. Starting at the handover, seconds before the old process stops reading from idle

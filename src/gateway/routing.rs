@@ -18,12 +18,17 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use tokio::sync::watch;
 
 use crate::config::{AppConfig, Config, UpstreamConfig};
+use crate::observe::Metrics;
+use crate::observe::metrics::RouteDurations;
 use crate::tls::UpstreamRoots;
+use prometheus::IntGauge;
 
 /// An upstream with what every request to it needs, pre-rendered.
 pub struct Upstream {
     pub config: UpstreamConfig,
     pub host: HeaderValue,
+    /// `host:port` as configured: the `upstream` label of metrics and the access log.
+    pub label: String,
     /// Roots its certificate is verified against when they are not only the system's.
     pub roots: Option<Arc<UpstreamRoots>>,
 }
@@ -37,6 +42,8 @@ pub struct App {
     upstreams: Vec<Arc<Upstream>>,
     /// `Authorization` sent upstream when the app has a `host_token`.
     pub authorization: Option<HeaderValue>,
+    /// Its request-duration histograms, one per route.
+    pub durations: RouteDurations,
 }
 
 impl App {
@@ -151,6 +158,8 @@ pub struct Pool {
     dns_refresh: Duration,
     /// Whether its check loop runs.
     checked: AtomicBool,
+    /// `mpapi_upstream_healthy` of each upstream, in config order.
+    health_gauges: Vec<IntGauge>,
 }
 
 impl Pool {
@@ -158,6 +167,7 @@ impl Pool {
         upstreams: &[UpstreamConfig],
         interval: Duration,
         dns_refresh: Duration,
+        health_gauges: Vec<IntGauge>,
     ) -> Result<Self, pingora::BError> {
         let resolver = Arc::new(Resolver::new(upstreams));
         let discovery = Box::new(Discovery(resolver.clone()));
@@ -171,7 +181,22 @@ impl Pool {
             interval,
             dns_refresh,
             checked: AtomicBool::new(false),
+            health_gauges,
         })
+    }
+
+    /// Publish what the last health check found.
+    fn publish_health(&self) {
+        let backends = self.balancer.backends();
+        for backend in backends.get_backend().iter() {
+            let index = backend
+                .addr
+                .as_inet()
+                .and_then(|addr| self.resolver.index_of(*addr));
+            if let Some(gauge) = index.and_then(|i| self.health_gauges.get(i)) {
+                gauge.set(i64::from(backends.ready(backend)));
+            }
+        }
     }
 
     /// Resolve the pool's host names again every `dns_refresh`, until the pool is dropped or
@@ -206,6 +231,7 @@ impl Pool {
                 return;
             };
             current.balancer.backends().run_health_check(false).await;
+            current.publish_health();
             let interval = current.interval;
             drop(current);
             tokio::select! {
@@ -228,7 +254,11 @@ pub struct Apps {
 impl Apps {
     /// Build each app's pool; health checks start with [`Apps::start_health_checks`]. An app of
     /// `previous` whose upstream list is unchanged keeps its pool.
-    pub async fn build(config: &Config, previous: Option<&Apps>) -> Result<Self, pingora::BError> {
+    pub async fn build(
+        config: &Config,
+        previous: Option<&Apps>,
+        metrics: &Metrics,
+    ) -> Result<Self, pingora::BError> {
         let mut by_id = HashMap::new();
         for app in &config.apps {
             let mut upstreams = Vec::new();
@@ -241,9 +271,15 @@ impl Apps {
                     .upstream_ca
                     .as_ref()
                     .map(|ca| ca.roots.clone());
+                let label = format!(
+                    "{}:{}",
+                    upstream.url.host_str().unwrap_or_default(),
+                    upstream.port
+                );
                 upstreams.push(Arc::new(Upstream {
                     config: upstream.clone(),
                     host,
+                    label,
                     roots: roots.filter(|_| upstream.tls),
                 }));
             }
@@ -259,7 +295,13 @@ impl Apps {
                 });
             let pool = match kept {
                 Some(pool) => pool.clone(),
-                None => Arc::new(Pool::build(&app.upstreams, interval, dns_refresh).await?),
+                None => {
+                    let gauges = upstreams
+                        .iter()
+                        .map(|u| metrics.upstream_health_gauge(&app.appid, &u.label))
+                        .collect();
+                    Arc::new(Pool::build(&app.upstreams, interval, dns_refresh, gauges).await?)
+                }
             };
             let authorization = app
                 .host_token
@@ -276,6 +318,7 @@ impl Apps {
                     pool,
                     upstreams,
                     authorization,
+                    durations: metrics.durations_for(&app.appid),
                 }),
             );
         }

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use crate::observe::SendOutcome;
 use crate::shutdown::wait_for;
 use crate::state::State;
 use crate::store::{Claim, ClaimStrategy, Finish, NotificationRow};
@@ -223,6 +224,11 @@ impl Dispatcher {
         };
         let outcome = send::attempt(&self.state, &app, &row, self.send_deadline).await;
         let finish = self.finish_for(&row, &outcome);
+        self.state.metrics.notification_sent(match &finish {
+            Finish::Sent => SendOutcome::Sent,
+            Finish::Retry { .. } => SendOutcome::Retry,
+            Finish::Failed { .. } => SendOutcome::Failed,
+        });
         match &finish {
             Finish::Sent => tracing::info!(
                 notification = row.id, claim = claim_id, appid = %row.appid, user_id = row.user_id,

@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 use crate::config::SessionConfig;
 use crate::error::ApiError;
 use crate::gateway::identity::IdentityHeaders;
+use crate::observe::{Lookup, Metrics};
 use crate::store::{LoginRecord, Store, StoreError, UserRow};
 use crate::types::unix_now;
 use token::{TokenHash, TokenSigner};
@@ -99,12 +100,17 @@ pub struct Sessions {
     ttl: i64,
     extend_interval: i64,
     cache_ttl: i64,
+    metrics: Arc<Metrics>,
 }
 
 impl Sessions {
     /// Build the session layer; the token key comes from the config or, when absent, from the
     /// store (generated once and shared by every node on that database).
-    pub async fn new(store: Arc<Store>, config: &SessionConfig) -> Result<Self, StoreError> {
+    pub async fn new(
+        store: Arc<Store>,
+        config: &SessionConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         let key = match &config.token_key {
             Some(key) => key.expose().to_string(),
             None => {
@@ -115,6 +121,7 @@ impl Sessions {
         };
         Ok(Self {
             store,
+            metrics,
             signer: TokenSigner::new(&key),
             live: quick_cache::sync::Cache::new(
                 usize::try_from(config.cache_capacity).unwrap_or(usize::MAX),
@@ -137,6 +144,7 @@ impl Sessions {
     /// The live session of `token` for `appid`, or `NotLoggedIn`.
     pub async fn authenticate(&self, appid: &str, token: &str) -> Result<Arc<Session>, ApiError> {
         if token.len() != token::TOKEN_LEN {
+            self.metrics.session_lookup(Lookup::Forged);
             return Err(ApiError::NotLoggedIn);
         }
         let hash = token::hash(token);
@@ -144,8 +152,14 @@ impl Sessions {
         // A cached session was keyed by the hash of a token this cluster issued, so a hit
         // needs no HMAC check; every token that misses is checked before anything else.
         let session = match self.live.get(&hash) {
-            Some(session) if now - session.loaded_at < self.cache_ttl => session,
-            _ if !self.signer.verify(token) => return Err(ApiError::NotLoggedIn),
+            Some(session) if now - session.loaded_at < self.cache_ttl => {
+                self.metrics.session_lookup(Lookup::Hit);
+                session
+            }
+            _ if !self.signer.verify(token) => {
+                self.metrics.session_lookup(Lookup::Forged);
+                return Err(ApiError::NotLoggedIn);
+            }
             // Boxed: the store query's state is kilobytes, and unboxed it would make every
             // request's future (Pingora boxes each phase's) that large, hits included.
             _ => Box::pin(self.load(hash, now)).await?,
@@ -166,20 +180,29 @@ impl Sessions {
     /// wait for the first: it holds the cache's placeholder while it queries.
     async fn load(&self, hash: TokenHash, now: i64) -> Result<Arc<Session>, ApiError> {
         if self.unknown.get(&hash).await.is_some() {
+            self.metrics.session_lookup(Lookup::Unknown);
             return Err(ApiError::NotLoggedIn);
         }
         let guard = match self.live.get_value_or_guard_async(&hash).await {
-            Ok(session) if now - session.loaded_at < self.cache_ttl => return Ok(session),
+            Ok(session) if now - session.loaded_at < self.cache_ttl => {
+                self.metrics.session_lookup(Lookup::Hit);
+                return Ok(session);
+            }
             Ok(_stale) => None,
             Err(guard) => Some(guard),
         };
         // A waiter handed the placeholder after a fruitless load finds the token here.
         if self.unknown.get(&hash).await.is_some() {
+            self.metrics.session_lookup(Lookup::Unknown);
             return Err(ApiError::NotLoggedIn);
         }
         let user = match self.store.user_by_token_hash(&hex::encode(hash)).await {
-            Ok(Some(user)) if user.expires_at > now => user,
+            Ok(Some(user)) if user.expires_at > now => {
+                self.metrics.session_lookup(Lookup::Miss);
+                user
+            }
             Ok(_) => {
+                self.metrics.session_lookup(Lookup::Unknown);
                 if guard.is_none() {
                     // The stale copy of a session that has since ended.
                     self.live.remove(&hash);
@@ -188,6 +211,7 @@ impl Sessions {
                 return Err(ApiError::NotLoggedIn);
             }
             Err(cause) => {
+                self.metrics.session_lookup(Lookup::Miss);
                 tracing::error!(error = %cause, "session lookup failed");
                 return Err(ApiError::StoreUnavailable);
             }

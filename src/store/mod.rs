@@ -8,6 +8,7 @@ mod access_tokens;
 mod dialect;
 mod messages;
 mod notifications;
+mod observed;
 mod profiles;
 mod users;
 
@@ -37,8 +38,17 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
 }
 
+/// Store operations that failed, process-wide (every failure becomes a [`StoreError`] here).
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// Store operations that failed since the process started.
+pub fn error_count() -> u64 {
+    ERRORS.load(Ordering::Relaxed)
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
+        ERRORS.fetch_add(1, Ordering::Relaxed);
         match error {
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut

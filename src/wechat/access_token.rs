@@ -180,6 +180,14 @@ impl AccessTokens {
 
     /// Ask WeChat for a token.
     async fn fetch(&self, app: &AppConfig) -> Result<StoredToken, ApiError> {
+        let fetched = self.fetch_from_wechat(app).await;
+        if fetched.is_ok() {
+            self.wechat.metrics().access_token_refreshed(&app.appid);
+        }
+        fetched
+    }
+
+    async fn fetch_from_wechat(&self, app: &AppConfig) -> Result<StoredToken, ApiError> {
         let answer: TokenAnswer = match app.token_mode {
             TokenMode::Stable => {
                 let url = self.wechat.url("cgi-bin/stable_token", &[])?;

@@ -11,7 +11,8 @@ pub mod crypto;
 pub mod custom_service;
 mod phone;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -19,6 +20,7 @@ use url::Url;
 
 use crate::config::{AppConfig, WechatConfig};
 use crate::error::ApiError;
+use crate::observe::Metrics;
 
 /// What `sns/jscode2session` returns.
 #[derive(Debug, Deserialize)]
@@ -43,10 +45,11 @@ struct Status {
 pub struct WeChatClient {
     http: reqwest::Client,
     base: Url,
+    metrics: Arc<Metrics>,
 }
 
 impl WeChatClient {
-    pub fn new(config: &WechatConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &WechatConfig, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(3)))
@@ -55,7 +58,27 @@ impl WeChatClient {
         Ok(Self {
             http,
             base: config.api_base.clone(),
+            metrics,
         })
+    }
+
+    /// The gateway's metrics, for callers that count what came of a call.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The API a URL of this client calls: its path after the API base (`sns/jscode2session`).
+    pub fn api_of<'a>(&self, url: &'a Url) -> &'a str {
+        url.path()
+            .strip_prefix(self.base.path())
+            .unwrap_or(url.path())
+            .trim_start_matches('/')
+    }
+
+    /// Count one call to `url`: `errcode` 0 on success, `None` when WeChat did not answer.
+    pub fn record(&self, url: &Url, errcode: Option<i64>, started: Instant) {
+        self.metrics
+            .wechat_call(self.api_of(url), errcode, started.elapsed());
     }
 
     /// `path` resolved against the API base, with `query` appended.
@@ -81,8 +104,13 @@ impl WeChatClient {
 
     /// GET `url` and decode WeChat's JSON answer.
     pub async fn get_json<T: DeserializeOwned>(&self, url: Url) -> Result<T, ApiError> {
-        let response = self.http.get(url).send().await.map_err(unavailable)?;
-        decode(response).await
+        let started = Instant::now();
+        let result = match self.http.get(url.clone()).send().await {
+            Ok(response) => decode(response).await,
+            Err(error) => Err(unavailable(error)),
+        };
+        self.record(&url, errcode_of(&result), started);
+        result
     }
 
     /// POST `body` as JSON to `url` and decode WeChat's JSON answer.
@@ -91,19 +119,27 @@ impl WeChatClient {
         url: Url,
         body: &serde_json::Value,
     ) -> Result<T, ApiError> {
-        let response = self
-            .http
-            .post(url)
-            .json(body)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        decode(response).await
+        let started = Instant::now();
+        let result = match self.http.post(url.clone()).json(body).send().await {
+            Ok(response) => decode(response).await,
+            Err(error) => Err(unavailable(error)),
+        };
+        self.record(&url, errcode_of(&result), started);
+        result
     }
 
     /// The underlying HTTP client, for calls that answer bytes rather than JSON.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+}
+
+/// The errcode label of a call's outcome: 0, WeChat's errcode, or `None` for no usable answer.
+pub fn errcode_of<T>(result: &Result<T, ApiError>) -> Option<i64> {
+    match result {
+        Ok(_) => Some(0),
+        Err(ApiError::WeChat { errcode, .. }) => Some(*errcode),
+        Err(_) => None,
     }
 }
 

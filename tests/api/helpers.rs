@@ -128,6 +128,33 @@ impl TestDatabase {
         sqlx::AnyConnection::connect(&self.url).await.unwrap()
     }
 
+    /// PostgreSQL only: refuse (or allow again) new connections to this database, cutting
+    /// those open — the database going away as far as a gateway can tell.
+    pub async fn set_reachable(&self, reachable: bool) {
+        assert_eq!(
+            self.db,
+            Db::Postgres,
+            "only PostgreSQL can take one database away"
+        );
+        let mut conn = sqlx::AnyConnection::connect(&self.admin_url).await.unwrap();
+        sqlx::query(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {reachable}",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        if !reachable {
+            sqlx::query(&format!(
+                "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity WHERE datname = '{}'",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+    }
+
     pub async fn drop_database(&self) {
         if self.db == Db::Sqlite {
             return;

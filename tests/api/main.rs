@@ -16,6 +16,7 @@ mod message_reply;
 mod messages;
 mod mobile;
 mod notify;
+mod observability;
 mod process;
 mod proxy;
 mod reload;

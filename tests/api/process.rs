@@ -16,18 +16,29 @@ struct Setup {
     dir: PathBuf,
     port: u16,
     backends: Backends,
+    /// More top-level sections of the file (`{dir}` stands for the setup's directory).
+    extra: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Setup {
     async fn new() -> Self {
+        Self::with("").await
+    }
+
+    async fn with(extra: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("mpapi_proc_{}", mpapi::sim::random_hex(8)));
         std::fs::create_dir_all(&dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let setup = Self {
+            extra: extra.replace("{dir}", &dir.display().to_string()),
             dir,
             port,
             backends: Backends::start().await,
@@ -69,7 +80,9 @@ wechat:
   api_base: "http://{sim}"
 apps:
 {apps}
+{extra}
 "#,
+            extra = self.extra,
             port = self.port,
             dir = self.dir.display(),
             sim = self.backends.sim_addr,
@@ -366,4 +379,81 @@ impl Drop for Daemon {
 
 fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// `log.format: json` makes every line on stderr a JSON object; SIGHUP reopens the access log
+/// (after logrotate moved it) and counts the reload, a refused one too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_a_reopened_access_log_and_counted_reloads() {
+    let admin = free_port();
+    let setup = Setup::with(&format!(
+        "log:\n  format: json\n  access: \"{{dir}}/access.log\"\nadmin:\n  listen: \"127.0.0.1:{admin}\"\n"
+    ))
+    .await;
+    let mut child = setup.start(&[], "old.log");
+    setup.wait_ready().await;
+    let access = setup.dir.join("access.log");
+    let rotated = setup.dir.join("access.log.1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&access)
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "no access log line");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::rename(&access, &rotated).unwrap();
+    signal(&child, "HUP");
+    wait_for_log(&setup, "configuration reloaded").await;
+    let client = client();
+    assert_eq!(setup.get(&client, APPID).await.unwrap().0, StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&access)
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the access log was not reopened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let good = std::fs::read_to_string(setup.conf()).unwrap();
+    std::fs::write(setup.conf(), good.replace("threads: 1", "threads: many")).unwrap();
+    signal(&child, "HUP");
+    wait_for_log(&setup, "configuration refused").await;
+
+    let metrics = client
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape =
+        prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let reloads = |result: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "mpapi_config_reloads_total" && s.labels.get("result") == Some(result)
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) => v,
+                _ => -1.0,
+            })
+    };
+    assert_eq!(reloads("ok"), Some(1.0));
+    assert_eq!(reloads("refused"), Some(1.0));
+
+    signal(&child, "TERM");
+    assert_eq!(exited(&mut child, Duration::from_secs(20)).await, Some(0));
+    let log = setup.log("old.log");
+    assert!(log.lines().count() >= 3, "{log}");
+    for line in log.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for field in ["timestamp", "level", "target", "fields"] {
+            assert!(value.get(field).is_some(), "{field} missing: {line}");
+        }
+    }
 }

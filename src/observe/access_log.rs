@@ -1,0 +1,262 @@
+//! The access log: one JSON object per line per request, written by a thread of its own.
+//!
+//! A request formats its line and hands it over a bounded channel without waiting; when the
+//! writer falls behind, the line is dropped and counted (`mpapi_access_log_dropped_total`)
+//! rather than slowing requests. A file is reopened on [`AccessLog::reopen`] (SIGHUP), so
+//! logrotate can move it away. Lines hold no token, session key, phone number or query string.
+
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::Duration;
+
+use super::metrics::Metrics;
+
+/// Where access log lines go (`log.access`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+/// Lines waiting for the writer; more are dropped.
+const BACKLOG: usize = 16 * 1024;
+
+/// The request side of the access log.
+pub struct AccessLog {
+    lines: SyncSender<String>,
+    reopen: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+/// One request, as the access log records it.
+pub struct AccessRecord<'a> {
+    pub request_id: Option<&'a str>,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub duration: Duration,
+    pub bytes_sent: usize,
+    pub app: Option<&'a str>,
+    pub route: &'a str,
+    pub user_id: Option<i64>,
+    pub upstream: Option<&'a str>,
+    pub upstream_time: Option<Duration>,
+}
+
+impl AccessLog {
+    /// Open `target` and start its writer thread.
+    pub fn start(target: &AccessLogTarget, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let sink = Sink::open(target)?;
+        let (lines, receiver) = std::sync::mpsc::sync_channel(BACKLOG);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let flag = reopen.clone();
+        std::thread::Builder::new()
+            .name("mpapi-access-log".into())
+            .spawn(move || write_lines(sink, &receiver, &flag))?;
+        Ok(Self {
+            lines,
+            reopen,
+            metrics,
+        })
+    }
+
+    /// Queue one line; never waits.
+    pub fn record(&self, record: &AccessRecord<'_>) {
+        match self.lines.try_send(format_line(record)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.metrics.access_log_dropped(),
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Reopen the file before the next line (after logrotate moved it).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
+    }
+}
+
+enum Sink {
+    Stdout(std::io::Stdout),
+    File(PathBuf, BufWriter<std::fs::File>),
+}
+
+impl Sink {
+    fn open(target: &AccessLogTarget) -> std::io::Result<Self> {
+        Ok(match target {
+            AccessLogTarget::Stdout => Self::Stdout(std::io::stdout()),
+            AccessLogTarget::File(path) => {
+                let file = OpenOptions::new().create(true).append(true).open(path)?;
+                Self::File(path.clone(), BufWriter::with_capacity(64 * 1024, file))
+            }
+        })
+    }
+
+    fn write(&mut self, line: &str) -> std::io::Result<()> {
+        match self {
+            Self::Stdout(out) => out.lock().write_all(line.as_bytes()),
+            Self::File(_, out) => out.write_all(line.as_bytes()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Stdout(out) => out.lock().flush(),
+            Self::File(_, out) => out.flush(),
+        }
+    }
+
+    fn reopen(&mut self) {
+        if let Self::File(path, out) = self {
+            let _ = out.flush();
+            match OpenOptions::new().create(true).append(true).open(&*path) {
+                Ok(file) => *out = BufWriter::with_capacity(64 * 1024, file),
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %error, "cannot reopen the access log")
+                }
+            }
+        }
+    }
+}
+
+/// The writer: lines as they come, flushed whenever the queue runs dry.
+fn write_lines(mut sink: Sink, lines: &Receiver<String>, reopen: &AtomicBool) {
+    loop {
+        let received = lines.recv_timeout(Duration::from_millis(200));
+        // Checked after the wait, so a line queued after the reopen goes to the new file.
+        if reopen.swap(false, Ordering::Relaxed) {
+            sink.reopen();
+        }
+        match received {
+            Ok(line) => {
+                if let Err(error) = sink.write(&line) {
+                    tracing::error!(%error, "cannot write the access log");
+                }
+                // Keep writing while more are queued; flush once the queue is empty.
+                while let Ok(line) = lines.try_recv() {
+                    let _ = sink.write(&line);
+                }
+                let _ = sink.flush();
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = sink.flush();
+                return;
+            }
+        }
+    }
+}
+
+/// The JSON line of one request, written by hand: no map, one allocation.
+pub fn format_line(r: &AccessRecord<'_>) -> String {
+    let mut line = String::with_capacity(320);
+    let now = chrono::Utc::now();
+    let _ = write!(
+        line,
+        "{{\"ts\":\"{}\",\"request_id\":",
+        now.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+    );
+    push_opt_str(&mut line, r.request_id);
+    line.push_str(",\"client_ip\":");
+    match r.client_ip {
+        Some(ip) => {
+            let _ = write!(line, "\"{ip}\"");
+        }
+        None => line.push_str("null"),
+    }
+    line.push_str(",\"method\":");
+    push_str(&mut line, r.method);
+    line.push_str(",\"path\":");
+    push_str(&mut line, r.path);
+    let _ = write!(
+        line,
+        ",\"status\":{},\"duration_ms\":{:.3},\"bytes_sent\":{},\"app\":",
+        r.status,
+        r.duration.as_secs_f64() * 1000.0,
+        r.bytes_sent
+    );
+    push_opt_str(&mut line, r.app);
+    line.push_str(",\"route\":");
+    push_str(&mut line, r.route);
+    line.push_str(",\"user_id\":");
+    match r.user_id {
+        Some(id) => {
+            let _ = write!(line, "{id}");
+        }
+        None => line.push_str("null"),
+    }
+    line.push_str(",\"upstream\":");
+    push_opt_str(&mut line, r.upstream);
+    line.push_str(",\"upstream_ms\":");
+    match r.upstream_time {
+        Some(time) => {
+            let _ = write!(line, "{:.3}", time.as_secs_f64() * 1000.0);
+        }
+        None => line.push_str("null"),
+    }
+    line.push_str("}\n");
+    line
+}
+
+fn push_opt_str(line: &mut String, value: Option<&str>) {
+    match value {
+        Some(value) => push_str(line, value),
+        None => line.push_str("null"),
+    }
+}
+
+/// A JSON string literal: quotes, backslashes and control characters escaped.
+fn push_str(line: &mut String, value: &str) {
+    line.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => line.push_str("\\\""),
+            '\\' => line.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(line, "\\u{:04x}", c as u32);
+            }
+            c => line.push(c),
+        }
+    }
+    line.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_one_json_object_with_every_field_and_hostile_paths_escaped() {
+        let record = AccessRecord {
+            request_id: Some("abc"),
+            client_ip: Some("10.0.0.1".parse().unwrap_or(std::net::IpAddr::from([0; 4]))),
+            method: "GET",
+            path: "/app/\"x\\\n\u{1}",
+            status: 200,
+            duration: Duration::from_micros(1500),
+            bytes_sent: 12,
+            app: Some("wx1"),
+            route: "app",
+            user_id: None,
+            upstream: Some("127.0.0.1:9000"),
+            upstream_time: Some(Duration::from_millis(1)),
+        };
+        let line = format_line(&record);
+        assert!(line.ends_with('\n'));
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        assert_eq!(value["path"], "/app/\"x\\\n\u{1}");
+        assert_eq!(value["status"], 200);
+        assert_eq!(value["duration_ms"], 1.5);
+        assert_eq!(value["user_id"], serde_json::Value::Null);
+        assert_eq!(value["upstream"], "127.0.0.1:9000");
+        assert_eq!(value["app"], "wx1");
+        let ts = value["ts"].as_str().unwrap_or_default();
+        assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{ts}");
+        assert_eq!(ts.len(), "2026-01-01T00:00:00.000Z".len());
+    }
+}

@@ -23,6 +23,7 @@
 
 mod cpu;
 mod dispatch;
+mod edge;
 mod generator;
 mod nginx;
 mod passthrough;
@@ -153,12 +154,16 @@ enum Driver {
     Hyper,
     /// wrk, as a child process, with the script that sends the scenario's requests.
     Wrk(Arc<wrk::Script>),
+    /// wrk over TLS.
+    WrkTls(Arc<wrk::Script>),
 }
 
 /// Name prefix of the bench's own generator threads.
 const GENERATOR_THREADS: &str = "load-client";
 const BARE: &str = "bare pass-through";
 const BARE_WRK: &str = "bare pass-through, wrk";
+const BARE_TLS: &str = "bare pass-through, TLS, wrk";
+const BARE_HANDSHAKES: &str = "bare pass-through, TLS handshakes, wrk";
 /// The cached-token scenario with metrics counted and the access log written.
 const OBSERVED: &str = "cached token, metrics + access log";
 
@@ -243,6 +248,29 @@ fn main() {
             &live,
         )))
     };
+    // TLS rows: wrk over TLS against the bare pass-through and the gateway, both with TLS.
+    let tls = match &wrk_script {
+        Some(_) => {
+            let certificate = edge::Certificate::make();
+            if certificate.is_none() {
+                println!("TLS rows: skipped, no openssl command to make a certificate");
+            }
+            certificate
+        }
+        None => None,
+    };
+    let handshake_script = tls.as_ref().map(|_| {
+        let mut headers = scenarios::client_headers(upstream)
+            .iter()
+            .filter(|(name, _)| *name != http::header::HOST)
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_string(), value)
+            })
+            .collect::<Vec<_>>();
+        headers.push(("Connection".to_string(), "close".to_string()));
+        Arc::new(wrk::Script::write(scenarios::APP_PATH, &headers, &live))
+    });
     let mut nginx = None;
     for threads in THREADS {
         let bare = RunningPassThrough::start(threads, upstream);
@@ -424,6 +452,59 @@ fn main() {
                 });
             }
         }
+        if let (Some(certificate), Some(script), Some(handshakes)) = (
+            tls.as_ref().filter(|_| threads == 1),
+            wrk_script.as_ref(),
+            handshake_script.as_ref(),
+        ) {
+            let files = Some((
+                certificate.cert().to_path_buf(),
+                certificate.key().to_path_buf(),
+            ));
+            let bare_tls = RunningPassThrough::start_with(threads, upstream, files);
+            let yaml = world::config_yaml(threads, &sqlite.url, 1_000_000, upstream, sim_addr, "");
+            let (gateway_tls, gateway_tls_addr) =
+                client.block_on(edge::tls_gateway(&yaml, certificate));
+            for (name, baseline, addr, proxy_cpu, script) in [
+                (BARE_TLS, BARE_TLS, bare_tls.addr, "bare-worker", script),
+                (
+                    "cached token, TLS, wrk",
+                    BARE_TLS,
+                    gateway_tls_addr,
+                    "mpapi-worker",
+                    script,
+                ),
+                (
+                    BARE_HANDSHAKES,
+                    BARE_HANDSHAKES,
+                    bare_tls.addr,
+                    "bare-worker",
+                    handshakes,
+                ),
+                (
+                    "cached token, TLS handshakes, wrk",
+                    BARE_HANDSHAKES,
+                    gateway_tls_addr,
+                    "mpapi-worker",
+                    handshakes,
+                ),
+            ] {
+                list.push(Scenario {
+                    driver: Driver::WrkTls(script.clone()),
+                    baseline,
+                    proxy_cpu: cpu::Source::Threads(proxy_cpu),
+                    ..scenario(
+                        name,
+                        addr,
+                        None,
+                        ok,
+                        scenarios::app_get(addr, c, live.clone()),
+                    )
+                });
+            }
+            bares.push(bare_tls);
+            gateways.push(gateway_tls);
+        }
         bares.push(bare);
         gateways.extend([main, observed, small]);
         gateways.extend(pg);
@@ -437,6 +518,10 @@ fn main() {
     list.retain(|scenario| plan.wants(scenario.name));
 
     for scenario in &mut list {
+        // The generator speaks plain HTTP only; TLS rows warm up in their first round.
+        if matches!(scenario.driver, Driver::WrkTls(_)) {
+            continue;
+        }
         let warmup = Load {
             duration: plan.warmup,
             ..scenario.load.clone()
@@ -469,6 +554,29 @@ fn main() {
     }
 
     let mut rows = rows(&list);
+    if plan.wants("reload") {
+        let threads = 2;
+        let yaml = world::config_yaml(threads, &sqlite.url, 1_000_000, upstream, sim_addr, "");
+        let gateway = client.block_on(world::gateway(
+            threads,
+            &sqlite.url,
+            1_000_000,
+            upstream,
+            sim_addr,
+        ));
+        let _ = client.block_on(prime(gateway.addr, &live, true));
+        let load = Load {
+            addr: gateway.addr,
+            connections: c,
+            duration: plan.run,
+            expect: StatusCode::OK,
+            make: scenarios::app_get(gateway.addr, c, live.clone()),
+        };
+        rows.extend(edge::reload_rows(
+            &client, &gateway, &yaml, upstream, load, threads, !bench,
+        ));
+        gateways.push(gateway);
+    }
     rows.extend(dispatcher_rows(
         &plan,
         &client,
@@ -515,6 +623,8 @@ fn main() {
     // The wrk script's temp file goes with its last holder, before any `exit` below.
     drop(list);
     drop(wrk_script);
+    drop(handshake_script);
+    drop(tls);
     drop(postgres);
     drop(sqlite);
 
@@ -541,8 +651,13 @@ fn measure(client: &tokio::runtime::Runtime, scenario: &Scenario) -> (Outcome, R
             let (p50, p99) = (outcome.percentile_ms(50), outcome.percentile_ms(99));
             (outcome, p50, p99, generator_us as f64)
         }
-        Driver::Wrk(script) => {
-            let run = wrk::run(
+        Driver::Wrk(script) | Driver::WrkTls(script) => {
+            let transport = match &scenario.driver {
+                Driver::WrkTls(_) => wrk::Transport::Tls,
+                _ => wrk::Transport::Plain,
+            };
+            let run = wrk::run_over(
+                transport,
                 load.addr,
                 scenarios::APP_PATH,
                 load.connections,

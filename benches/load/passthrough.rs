@@ -4,11 +4,13 @@
 
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::HttpPeer;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Fds, ListenFds};
@@ -51,6 +53,16 @@ pub struct RunningPassThrough {
 impl RunningPassThrough {
     /// Start one with `threads` workers in front of `upstream`.
     pub fn start(threads: usize, upstream: SocketAddr) -> Self {
+        Self::start_with(threads, upstream, None)
+    }
+
+    /// [`RunningPassThrough::start`] terminating TLS with the PEM files `tls` (certificate,
+    /// key), offering `h2` and `http/1.1` as the gateway does.
+    pub fn start_with(
+        threads: usize,
+        upstream: SocketAddr,
+        tls: Option<(PathBuf, PathBuf)>,
+    ) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -76,7 +88,18 @@ impl RunningPassThrough {
                         "bare",
                     );
                     let key = addr.to_string();
-                    service.add_tcp(&key);
+                    match &tls {
+                        Some((cert, key_file)) => {
+                            let mut settings = TlsSettings::intermediate(
+                                &cert.display().to_string(),
+                                &key_file.display().to_string(),
+                            )
+                            .unwrap();
+                            settings.enable_h2();
+                            service.add_tls_with_settings(&key, None, settings);
+                        }
+                        None => service.add_tcp(&key),
+                    }
                     let mut fds = Fds::new();
                     fds.add(key, listener.into_raw_fd());
                     let fds: ListenFds = Arc::new(Mutex::new(fds));

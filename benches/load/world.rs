@@ -259,7 +259,29 @@ async fn gateway_with(
     simulator: SocketAddr,
     extra: &str,
 ) -> RunningGateway {
-    let yaml = format!(
+    let yaml = config_yaml(
+        threads,
+        database_url,
+        cache_capacity,
+        upstream,
+        simulator,
+        extra,
+    );
+    let config = Config::parse(&yaml, &|_| None).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    mpapi::server::spawn(config, listener).await.unwrap()
+}
+
+/// The bench gateways' configuration, with `extra` top-level sections.
+pub fn config_yaml(
+    threads: usize,
+    database_url: &str,
+    cache_capacity: u64,
+    upstream: SocketAddr,
+    simulator: SocketAddr,
+    extra: &str,
+) -> String {
+    format!(
         r#"
 server:
   listen: "127.0.0.1:0"
@@ -280,10 +302,7 @@ apps:
     upstreams: ["http://{upstream}/api"]
 {extra}
 "#
-    );
-    let config = Config::parse(&yaml, &|_| None).unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    mpapi::server::spawn(config, listener).await.unwrap()
+    )
 }
 
 /// The simulator that knows the bench's app.

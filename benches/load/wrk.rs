@@ -75,8 +75,19 @@ impl Drop for Script {
     }
 }
 
-/// Drive `addr` for `duration` (whole seconds, at least one) with `connections` connections.
-pub fn run(
+/// How wrk reaches the server. A script whose requests say `Connection: close` makes every
+/// request a new connection (over TLS, a new handshake): wrk's own `-H` does not apply to
+/// requests a script formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Plain,
+    Tls,
+}
+
+/// Drive `addr` over `transport` for `duration` (whole seconds, at least one) with
+/// `connections` connections.
+pub fn run_over(
+    transport: Transport,
     addr: SocketAddr,
     path: &str,
     connections: usize,
@@ -85,12 +96,19 @@ pub fn run(
 ) -> Run {
     let seconds = duration.as_secs().max(1);
     let before = cpu::waited_children_us();
-    let output = Command::new("wrk")
+    let scheme = if transport == Transport::Plain {
+        "http"
+    } else {
+        "https"
+    };
+    let mut command = Command::new("wrk");
+    command
         .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
         .arg("--latency")
         .arg("-s")
-        .arg(script.path())
-        .arg(format!("http://{addr}{path}"))
+        .arg(script.path());
+    let output = command
+        .arg(format!("{scheme}://{addr}{path}"))
         .stdin(Stdio::null())
         .output();
     let cpu = cpu::waited_children_us() - before;

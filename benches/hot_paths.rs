@@ -68,6 +68,7 @@ impl World {
             cache_ttl: Duration::from_secs(300),
             negative_cache_ttl: Duration::from_secs(10),
             token_key: Some(Secret::new(TOKEN_KEY)),
+            sync_interval: Duration::from_millis(500),
         };
         self.runtime
             .block_on(Sessions::new(

@@ -140,6 +140,7 @@ async fn measure(
                 cache_ttl: Duration::from_secs(3_600),
                 negative_cache_ttl: Duration::from_secs(10),
                 token_key: Some(Secret::new(TOKEN_KEY)),
+                sync_interval: Duration::from_millis(500),
             },
             mpapi::observe::Metrics::new(),
         )

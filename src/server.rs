@@ -266,6 +266,7 @@ pub async fn start_core(
         state.clone(),
         shutdown.clone(),
     ));
+    tokio::spawn(crate::session::sync::run(state.clone(), shutdown.clone()));
     let dispatcher = tokio::spawn(notify::run(state.clone(), shutdown));
     Ok((state, dispatcher))
 }

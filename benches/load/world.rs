@@ -201,6 +201,7 @@ fn seed_session_config() -> SessionConfig {
         cache_ttl: Duration::from_secs(300),
         negative_cache_ttl: Duration::from_secs(10),
         token_key: None,
+        sync_interval: Duration::from_millis(500),
     }
 }
 

@@ -118,6 +118,8 @@ pub struct SessionSection {
     pub cache_ttl_seconds: Option<u64>,
     pub negative_cache_seconds: Option<u64>,
     pub token_key: Option<String>,
+    /// MySQL: how often each node reads the other nodes' session changes.
+    pub sync_interval_ms: Option<u64>,
 }
 
 /// `wechat:` — how mpapi reaches WeChat's server API.

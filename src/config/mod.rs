@@ -220,13 +220,15 @@ pub struct SessionConfig {
     pub extend_interval: Duration,
     /// Most sessions held in memory.
     pub cache_capacity: u64,
-    /// How long a cached session is trusted before it is read again from the store; bounds how
-    /// long another node's logout or profile change takes to be seen here.
+    /// How long a cached session is trusted before it is read again from the store: the
+    /// backstop for a session change this node did not hear of.
     pub cache_ttl: Duration,
     /// How long a token the store does not know is remembered as unknown.
     pub negative_cache_ttl: Duration,
     /// Key that signs issued tokens; `None` means "generate one and share it through the store".
     pub token_key: Option<Secret>,
+    /// MySQL: how often the other nodes' session changes are read (PostgreSQL pushes them).
+    pub sync_interval: Duration,
 }
 
 /// How to reach WeChat.
@@ -535,6 +537,10 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             }
             key => key.clone().map(Secret::new),
         },
+        sync_interval: Duration::from_millis(positive(
+            "session.sync_interval_ms",
+            s.sync_interval_ms.unwrap_or(500),
+        )?),
     };
     let mut api_base = http_url("wechat.api_base", &file.wechat.api_base)?;
     if !api_base.path().ends_with('/') {

@@ -17,6 +17,7 @@
 //! has no time-to-live of its own, so each [`Session`] records when it was loaded and a lookup
 //! treats one older than `cache_ttl` as a miss.
 
+pub mod sync;
 pub mod token;
 
 use std::sync::Arc;
@@ -101,6 +102,8 @@ pub struct Sessions {
     extend_interval: i64,
     cache_ttl: i64,
     metrics: Arc<Metrics>,
+    /// This node's name in the session changes it publishes, so it skips its own.
+    origin: String,
 }
 
 impl Sessions {
@@ -122,6 +125,7 @@ impl Sessions {
         Ok(Self {
             store,
             metrics,
+            origin: crate::sim::random_hex(8),
             signer: TokenSigner::new(&key),
             live: quick_cache::sync::Cache::new(
                 usize::try_from(config.cache_capacity).unwrap_or(usize::MAX),
@@ -286,8 +290,11 @@ impl Sessions {
                 expires_at,
             })
             .await?;
-        if let Some(retired) = retired.and_then(|h| decode_hash(&h)) {
-            self.live.remove(&retired);
+        if let Some(retired_hex) = retired {
+            if let Some(retired) = decode_hash(&retired_hex) {
+                self.live.remove(&retired);
+            }
+            self.publish(&retired_hex).await;
         }
         let session = Session::new(&user, self.intern(&user.appid), hash, self.ttl, unix_now());
         self.live.insert(hash, Arc::new(session));
@@ -303,7 +310,37 @@ impl Sessions {
             .await?;
         self.live.remove(&session.token_hash);
         self.unknown.insert(session.token_hash, ()).await;
+        self.publish(&session.token_hash_hex()).await;
         Ok(live)
+    }
+
+    /// Tell the other nodes to forget their cached copy of the session of `token_hash`. A
+    /// failure is logged, not returned: the change itself is in the store, and the other
+    /// nodes' copies expire after `session.cache_ttl_seconds` at the latest.
+    async fn publish(&self, token_hash: &str) {
+        if let Err(error) = self
+            .store
+            .publish_session_change(&self.origin, token_hash)
+            .await
+        {
+            tracing::warn!(%error, "could not tell the other nodes of a session change");
+        }
+    }
+
+    /// A session change published by a node: forget the cached copy (the next request reads
+    /// the store). A node's own changes are already in its cache.
+    pub fn apply_change(&self, origin: &str, token_hash: &str) {
+        if origin == self.origin {
+            return;
+        }
+        if let Some(hash) = decode_hash(token_hash) {
+            self.live.remove(&hash);
+        }
+    }
+
+    /// Forget every cached session: changes may have been missed (the channel was down).
+    pub fn forget_all(&self) {
+        self.live.clear();
     }
 
     /// Re-render a cached session after its user's profile or mobile changed, so the next
@@ -329,6 +366,7 @@ impl Sessions {
         let _ = self
             .live
             .replace(session.token_hash, Arc::new(fresh), false);
+        self.publish(&session.token_hash_hex()).await;
     }
 
     /// Sessions currently cached (for metrics and benches).

@@ -25,6 +25,7 @@ const MIGRATIONS: MigrationFiles = migration_files![
     2 "0002_access_tokens.sql",
     3 "0003_notifications.sql",
     4 "0004_messages.sql",
+    5 "0005_session_changes.sql",
 ];
 
 /// The database behind the store.

@@ -10,6 +10,7 @@ mod messages;
 mod notifications;
 mod observed;
 mod profiles;
+mod session_changes;
 mod users;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,7 @@ pub use dialect::{ClaimStrategy, Dialect};
 pub use messages::{NewMessage, PendingMessage};
 pub use notifications::{Claim, Finish, NewNotification, NotificationRow, NotificationState};
 pub use profiles::{MobileUpdate, ProfileUpdate};
+pub use session_changes::{SESSION_CHANNEL, SessionChange};
 pub use users::{LoginRecord, UserRow};
 
 /// Why the store could not answer.

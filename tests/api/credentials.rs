@@ -375,7 +375,7 @@ pub fn session_key_of(app: &TestApp, openid: &str) -> String {
 }
 
 /// The `/credentials` body for what `wx.getUserProfile` returned.
-fn body_of(profile: &mpapi::sim::UserProfile) -> Value {
+pub fn body_of(profile: &mpapi::sim::UserProfile) -> Value {
     json!({
         "raw_data": profile.raw_data,
         "signature": profile.signature,

@@ -491,3 +491,27 @@ macro_rules! db_tests {
         }
     )*};
 }
+
+/// A request to the gateway at `addr` as the holder of `token`.
+pub async fn call_at(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = client()
+        .request(method, format!("http://{addr}{path}"))
+        .header("User-App", APPID)
+        .header("User-Token", token);
+    if let Some(body) = body {
+        request = request.body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}

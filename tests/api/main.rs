@@ -5,6 +5,7 @@
 mod helpers;
 
 mod bad_input;
+mod cluster;
 mod config;
 mod credentials;
 mod forwarded;

@@ -187,3 +187,83 @@ pub fn reload_rows(
         ),
     ]
 }
+
+/// How fast a session change made through one node reaches another on one database.
+pub struct CrossNode {
+    pub database: &'static str,
+    /// From the re-login's answer on node A to node B refusing the retired token.
+    pub median_ms: f64,
+    pub max_ms: f64,
+    pub changes: usize,
+    /// Store statements a node runs per second while no request comes (the sync's own cost).
+    pub idle_queries_per_second: f64,
+}
+
+/// Two gateways on `url`: their idle store load, then `changes` re-logins through A, each
+/// timed until B refuses the token the re-login retired.
+pub async fn cross_node(
+    database: &'static str,
+    url: &str,
+    upstream: SocketAddr,
+    simulator_addr: SocketAddr,
+    simulator: &Arc<mpapi::sim::Simulator>,
+    changes: usize,
+    idle: Duration,
+) -> CrossNode {
+    let a = crate::world::gateway(1, url, 1_000_000, upstream, simulator_addr).await;
+    let b = crate::world::gateway(1, url, 1_000_000, upstream, simulator_addr).await;
+    let store = &b.state.store;
+    let before = store.query_count() + store.background_query_count();
+    tokio::time::sleep(idle).await;
+    let idle_queries = store.query_count() + store.background_query_count() - before;
+
+    let login = |addr: SocketAddr| {
+        let code = simulator.mint_code(crate::world::APPID, "cross-node-user", None);
+        let mut request = crate::scenarios::get("/login", crate::scenarios::client_headers(addr));
+        *request.method_mut() = http::Method::POST;
+        *request.body_mut() =
+            http_body_util::Full::new(bytes::Bytes::from(format!(r#"{{"code":"{code}"}}"#)));
+        async move {
+            let (status, body) = generator::fetch(addr, request).await.unwrap();
+            assert_eq!(status, http::StatusCode::OK);
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            body["data"]["token"].as_str().unwrap().to_string()
+        }
+    };
+    let status_on = |addr: SocketAddr, token: &str| {
+        let mut request = crate::scenarios::get(
+            crate::scenarios::APP_PATH,
+            crate::scenarios::client_headers(addr),
+        );
+        request
+            .headers_mut()
+            .insert("user-token", http::HeaderValue::from_str(token).unwrap());
+        async move { generator::fetch(addr, request).await.unwrap().0 }
+    };
+    let mut delays = Vec::with_capacity(changes);
+    let mut token = login(a.addr).await;
+    for _ in 0..changes {
+        assert_eq!(status_on(b.addr, &token).await, http::StatusCode::OK);
+        let next = login(a.addr).await;
+        let started = std::time::Instant::now();
+        while status_on(b.addr, &token).await != http::StatusCode::UNAUTHORIZED {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "node B never saw the change"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        delays.push(started.elapsed().as_secs_f64() * 1000.0);
+        token = next;
+    }
+    a.stop().await;
+    b.stop().await;
+    delays.sort_by(f64::total_cmp);
+    CrossNode {
+        database,
+        median_ms: delays.get(delays.len() / 2).copied().unwrap_or(0.0),
+        max_ms: delays.last().copied().unwrap_or(0.0),
+        changes,
+        idle_queries_per_second: idle_queries as f64 / idle.as_secs_f64(),
+    }
+}

@@ -577,6 +577,44 @@ fn main() {
         ));
         gateways.push(gateway);
     }
+    let mut cross_nodes = Vec::new();
+    if plan.wants("cross-node") {
+        let (changes, idle) = if bench {
+            (100, Duration::from_secs(10))
+        } else {
+            (3, Duration::from_millis(600))
+        };
+        let servers = [
+            ("PostgreSQL", "MPAPI_TEST_POSTGRES_URL"),
+            ("MySQL", "MPAPI_TEST_MYSQL_URL"),
+        ];
+        for (name, variable) in servers {
+            let Ok(admin_url) = std::env::var(variable) else {
+                println!("cross-node delay ({name}): skipped, {variable} is not set");
+                continue;
+            };
+            let db = client.block_on(world::Database::server(&admin_url));
+            let found = client.block_on(edge::cross_node(
+                name, &db.url, upstream, sim_addr, &simulator, changes, idle,
+            ));
+            println!(
+                "cross-node delay ({}): median {:.1} ms, max {:.1} ms over {} re-logins; idle store load {:.2} queries/s per node",
+                found.database,
+                found.median_ms,
+                found.max_ms,
+                found.changes,
+                found.idle_queries_per_second
+            );
+            cross_nodes.push(json!({
+                "database": found.database,
+                "median_ms": found.median_ms,
+                "max_ms": found.max_ms,
+                "changes": found.changes,
+                "idle_queries_per_second": found.idle_queries_per_second,
+            }));
+            drop(db);
+        }
+    }
     rows.extend(dispatcher_rows(
         &plan,
         &client,
@@ -595,6 +633,7 @@ fn main() {
         "overflow_sessions": plan.overflow,
         "small_cache_capacity": plan.small_cache,
         "postgres": postgres.is_some(),
+        "cross_node": cross_nodes,
     });
     // A smoke run's figures (debug build, tiny) must not overwrite a real run's.
     if bench {

@@ -43,7 +43,7 @@ pub fn client_headers(addr: SocketAddr) -> HeaderMap {
     headers
 }
 
-fn get(path: &'static str, headers: HeaderMap) -> Request<Full<Bytes>> {
+pub fn get(path: &'static str, headers: HeaderMap) -> Request<Full<Bytes>> {
     let mut request = Request::new(Full::new(Bytes::new()));
     *request.uri_mut() = http::Uri::from_static(path);
     *request.headers_mut() = headers;

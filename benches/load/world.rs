@@ -38,6 +38,11 @@ impl Database {
         }
     }
 
+    /// A fresh PostgreSQL or MySQL database next to the one `admin_url` names.
+    pub async fn server(admin_url: &str) -> Self {
+        Self::postgres(admin_url).await
+    }
+
     /// A fresh PostgreSQL database next to the one `admin_url` names.
     pub async fn postgres(admin_url: &str) -> Self {
         sqlx::any::install_default_drivers();
@@ -74,7 +79,12 @@ impl Drop for Database {
                     .unwrap();
                 runtime.block_on(async {
                     let mut conn = sqlx::AnyConnection::connect(&admin_url).await?;
-                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    let force = if admin_url.starts_with("postgres") {
+                        " WITH (FORCE)"
+                    } else {
+                        ""
+                    };
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}{force}"))
                         .execute(&mut conn)
                         .await?;
                     Ok::<_, sqlx::Error>(())

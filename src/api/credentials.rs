@@ -27,7 +27,7 @@ const AVATAR_URL_MAX: usize = 1024;
 const UNIONID_MAX: usize = 128;
 
 #[derive(Deserialize)]
-struct CredentialsRequest {
+pub(super) struct CredentialsRequest {
     #[serde(default)]
     raw_data: Option<String>,
     #[serde(default)]

@@ -13,7 +13,7 @@ use crate::gateway::routing::App;
 use crate::state::State;
 
 #[derive(Deserialize)]
-struct LoginRequest {
+pub(super) struct LoginRequest {
     #[serde(default)]
     code: Option<String>,
 }

@@ -26,7 +26,7 @@ use crate::wechat::crypto::secure_eq;
 const MAX_IMAGE_BYTES: usize = 10 << 20;
 
 #[derive(Deserialize)]
-struct ReplyRequest {
+pub(super) struct ReplyRequest {
     #[serde(default)]
     source: Option<String>,
     #[serde(default)]
@@ -37,8 +37,20 @@ struct ReplyRequest {
     content: Value,
 }
 
+impl ReplyRequest {
+    /// The structured content its `type` names, parsed as [`deliver`] parses it.
+    pub(super) fn parse_content(&self) -> Result<(), ApiError> {
+        match self.kind.as_str() {
+            "image" => structured::<ImageContent>(&self.content).map(drop),
+            "link" => structured::<LinkContent>(&self.content).map(drop),
+            "miniprogrampage" => structured::<PageContent>(&self.content).map(drop),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Deserialize)]
-struct ImageContent {
+pub(super) struct ImageContent {
     #[serde(default)]
     internal_url: String,
     #[serde(default)]
@@ -46,7 +58,7 @@ struct ImageContent {
 }
 
 #[derive(Deserialize)]
-struct LinkContent {
+pub(super) struct LinkContent {
     title: String,
     #[serde(default)]
     description: String,
@@ -56,7 +68,7 @@ struct LinkContent {
 }
 
 #[derive(Deserialize)]
-struct PageContent {
+pub(super) struct PageContent {
     title: String,
     pagepath: String,
     thumb_media_id: String,

@@ -25,7 +25,7 @@ const PHONE_MAX: usize = 32;
 const COUNTRY_CODE_MAX: usize = 8;
 
 #[derive(Deserialize)]
-struct MobileRequest {
+pub(super) struct MobileRequest {
     #[serde(default)]
     code: Option<String>,
     #[serde(default)]

@@ -159,6 +159,26 @@ pub fn require_method(session: &HttpSession, expected: &http::Method) -> Result<
 ///
 /// Only an object is accepted: serde would otherwise fill a struct from an array, field by
 /// field in declaration order (`["CODE"]` as a login), which no client means.
+/// Every native endpoint's body parser, and the checks that need neither the store nor WeChat,
+/// run on `body`: what the fuzzer (`fuzz/`, target `request_bodies`) drives. Nothing it is
+/// given may panic.
+#[doc(hidden)]
+pub fn parse_every_body(body: &[u8]) {
+    let _ = parse_json::<login::LoginRequest>(body);
+    let _ = parse_json::<credentials::CredentialsRequest>(body);
+    let _ = parse_json::<mobile::MobileRequest>(body);
+    if let Ok(reply) = parse_json::<message_reply::ReplyRequest>(body) {
+        let _ = reply.parse_content();
+    }
+    if let Ok(request) = parse_json::<crate::notify::message::NotifyRequest>(body) {
+        let _ = crate::notify::message::Message::parse(
+            request,
+            chrono_tz::Asia::Shanghai,
+            crate::types::unix_now(),
+        );
+    }
+}
+
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {

@@ -8,7 +8,6 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = mpapi::config::Config::parse(text, &|name| {
-        (name == "SET").then(|| "value".to_string())
-    });
+    let _ =
+        mpapi::config::Config::parse(text, &|name| (name == "SET").then(|| "value".to_string()));
 });

@@ -274,9 +274,12 @@ fn main() {
     let mut nginx = None;
     for threads in THREADS {
         let bare = RunningPassThrough::start(threads, upstream);
-        let (main, observed, small, pg) = client.block_on(async {
+        let (main, (counted, observed), small, pg) = client.block_on(async {
             let main = world::gateway(threads, &sqlite.url, 1_000_000, upstream, sim_addr).await;
-            let observed = world::observed_gateway(threads, &sqlite.url, upstream, sim_addr).await;
+            let counted =
+                world::observed_gateway(threads, &sqlite.url, upstream, sim_addr, false).await;
+            let observed =
+                world::observed_gateway(threads, &sqlite.url, upstream, sim_addr, true).await;
             let small =
                 world::gateway(threads, &sqlite.url, plan.small_cache, upstream, sim_addr).await;
             let pg = match &postgres {
@@ -285,10 +288,11 @@ fn main() {
                 }
                 None => None,
             };
-            (main, observed, small, pg)
+            (main, (counted, observed), small, pg)
         });
         let identity = client.block_on(prime(main.addr, &live, true));
         client.block_on(prime(main.addr, &plain, false));
+        let _ = client.block_on(prime(counted.addr, &live, true));
         let _ = client.block_on(prime(observed.addr, &live, true));
         let scenario =
             |name, addr, store: Option<&RunningGateway>, expect, make: MakeRequest| Scenario {
@@ -329,6 +333,13 @@ fn main() {
             Some(&main),
             ok,
             scenarios::app_get(main.addr, c, live.clone()),
+        ));
+        list.push(scenario(
+            "cached token, metrics",
+            counted.addr,
+            Some(&counted),
+            ok,
+            scenarios::app_get(counted.addr, c, live.clone()),
         ));
         list.push(scenario(
             OBSERVED,
@@ -506,7 +517,7 @@ fn main() {
             gateways.push(gateway_tls);
         }
         bares.push(bare);
-        gateways.extend([main, observed, small]);
+        gateways.extend([main, counted, observed, small]);
         gateways.extend(pg);
     }
     if postgres.is_none() {

@@ -236,21 +236,22 @@ pub async fn gateway(
 }
 
 /// [`gateway`] with monitoring on: the admin listener (so requests are counted in the
-/// metrics) and the access log, written to a file as in production.
+/// metrics) and, with `access_log`, the access log, written to a file as in production.
 pub async fn observed_gateway(
     threads: usize,
     database_url: &str,
     upstream: SocketAddr,
     simulator: SocketAddr,
+    access_log: bool,
 ) -> RunningGateway {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/mpapi-bench");
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = dir.join(format!("access-{threads}.log"));
-    let _ = std::fs::remove_file(&log);
-    let extra = format!(
-        "admin:\n  listen: \"127.0.0.1:0\"\nlog:\n  access: \"{}\"\n",
-        log.display()
-    );
+    let mut extra = "admin:\n  listen: \"127.0.0.1:0\"\n".to_string();
+    if access_log {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/mpapi-bench");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("access-{threads}.log"));
+        let _ = std::fs::remove_file(&log);
+        extra.push_str(&format!("log:\n  access: \"{}\"\n", log.display()));
+    }
     gateway_with(
         threads,
         database_url,

@@ -281,17 +281,10 @@ fn observe_request(state: &State, session: &HttpSession, ctx: &RequestCtx) {
     let elapsed = ctx.started.map_or(Duration::ZERO, |at| at.elapsed());
     let appid = ctx.app.as_ref().map(|app| app.config.appid.as_str());
     if state.counts_requests {
-        let app = ctx
-            .app
-            .as_ref()
-            .map(|app| (app.config.appid.as_str(), &app.durations));
+        let app = ctx.app.as_ref().map(|app| &app.metrics);
         state.metrics.request(app, ctx.route, status, elapsed);
         if let Some(upstream) = &ctx.upstream {
-            state.metrics.upstream_request(
-                appid.unwrap_or(""),
-                &upstream.label,
-                ctx.upstream_status,
-            );
+            upstream.requests.inc(ctx.upstream_status);
         }
     }
     if let Some(log) = &state.access_log {

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::{AppConfig, Config, UpstreamConfig};
 use crate::observe::Metrics;
-use crate::observe::metrics::RouteDurations;
+use crate::observe::metrics::{AppMetrics, StatusCounters};
 use crate::tls::UpstreamRoots;
 use prometheus::IntGauge;
 
@@ -29,6 +29,8 @@ pub struct Upstream {
     pub host: HeaderValue,
     /// `host:port` as configured: the `upstream` label of metrics and the access log.
     pub label: String,
+    /// `mpapi_upstream_requests_total` of this upstream, by status.
+    pub requests: StatusCounters,
     /// Roots its certificate is verified against when they are not only the system's.
     pub roots: Option<Arc<UpstreamRoots>>,
 }
@@ -42,8 +44,8 @@ pub struct App {
     upstreams: Vec<Arc<Upstream>>,
     /// `Authorization` sent upstream when the app has a `host_token`.
     pub authorization: Option<HeaderValue>,
-    /// Its request-duration histograms, one per route.
-    pub durations: RouteDurations,
+    /// Its request series (durations and counts, per route).
+    pub metrics: AppMetrics,
 }
 
 impl App {
@@ -279,6 +281,7 @@ impl Apps {
                 upstreams.push(Arc::new(Upstream {
                     config: upstream.clone(),
                     host,
+                    requests: metrics.upstream(&app.appid, &label),
                     label,
                     roots: roots.filter(|_| upstream.tls),
                 }));
@@ -318,7 +321,7 @@ impl Apps {
                     pool,
                     upstreams,
                     authorization,
-                    durations: metrics.durations_for(&app.appid),
+                    metrics: metrics.app(&app.appid),
                 }),
             );
         }

@@ -1,7 +1,9 @@
 //! The access log: one JSON object per line per request, written by a thread of its own.
 //!
-//! A request formats its line and hands it over a bounded channel without waiting; when the
-//! writer falls behind, the line is dropped and counted (`mpapi_access_log_dropped_total`)
+//! A request formats its line into a buffer of its thread and appends it to one shared,
+//! bounded buffer (a lock held for a copy); the writer takes the whole buffer every few
+//! milliseconds and writes it. No allocation, no channel and no wake-up per request. When the
+//! writer falls behind, lines are dropped and counted (`mpapi_access_log_dropped_total`)
 //! rather than slowing requests. A file is reopened on [`AccessLog::reopen`] (SIGHUP), so
 //! logrotate can move it away. Lines hold no token, session key, phone number or query string.
 
@@ -11,7 +13,8 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use super::metrics::Metrics;
@@ -23,13 +26,19 @@ pub enum AccessLogTarget {
     File(PathBuf),
 }
 
-/// Lines waiting for the writer; more are dropped.
-const BACKLOG: usize = 16 * 1024;
+/// Bytes waiting for the writer; a line that would go past this is dropped.
+const BACKLOG_BYTES: usize = 8 << 20;
+
+/// What requests and the writer share.
+struct Shared {
+    pending: Mutex<Vec<u8>>,
+    reopen: AtomicBool,
+    closed: AtomicBool,
+}
 
 /// The request side of the access log.
 pub struct AccessLog {
-    lines: SyncSender<String>,
-    reopen: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     metrics: Arc<Metrics>,
 }
 
@@ -53,31 +62,46 @@ impl AccessLog {
     /// Open `target` and start its writer thread.
     pub fn start(target: &AccessLogTarget, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let sink = Sink::open(target)?;
-        let (lines, receiver) = std::sync::mpsc::sync_channel(BACKLOG);
-        let reopen = Arc::new(AtomicBool::new(false));
-        let flag = reopen.clone();
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::with_capacity(256 * 1024)),
+            reopen: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        });
+        let writer = shared.clone();
         std::thread::Builder::new()
             .name("mpapi-access-log".into())
-            .spawn(move || write_lines(sink, &receiver, &flag))?;
-        Ok(Self {
-            lines,
-            reopen,
-            metrics,
-        })
+            .spawn(move || write_lines(sink, &writer))?;
+        Ok(Self { shared, metrics })
     }
 
-    /// Queue one line; never waits.
+    /// Queue one line; never waits for the writer.
     pub fn record(&self, record: &AccessRecord<'_>) {
-        match self.lines.try_send(format_line(record)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.metrics.access_log_dropped(),
-            Err(TrySendError::Disconnected(_)) => {}
+        thread_local! {
+            static LINE: std::cell::RefCell<String> =
+                std::cell::RefCell::new(String::with_capacity(512));
         }
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            format_into(line, record);
+            let mut pending = self.shared.pending.lock();
+            if pending.len() + line.len() > BACKLOG_BYTES {
+                drop(pending);
+                self.metrics.access_log_dropped();
+            } else {
+                pending.extend_from_slice(line.as_bytes());
+            }
+        });
     }
 
     /// Reopen the file before the next line (after logrotate moved it).
     pub fn reopen(&self) {
-        self.reopen.store(true, Ordering::Relaxed);
+        self.shared.reopen.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -97,10 +121,10 @@ impl Sink {
         })
     }
 
-    fn write(&mut self, line: &str) -> std::io::Result<()> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
-            Self::Stdout(out) => out.lock().write_all(line.as_bytes()),
-            Self::File(_, out) => out.write_all(line.as_bytes()),
+            Self::Stdout(out) => out.lock().write_all(bytes),
+            Self::File(_, out) => out.write_all(bytes),
         }
     }
 
@@ -124,48 +148,48 @@ impl Sink {
     }
 }
 
-/// How long the writer sleeps once the queue is empty. It never waits on the queue itself: a
-/// request handing over a line then never has a sleeping thread to wake (a system call per
-/// request), and lines reach the file within this interval.
+/// How often the writer takes what requests queued. It never waits on them, so a request
+/// never has a sleeping thread to wake (a system call per request); lines reach the file
+/// within this interval.
 const WRITE_EVERY: Duration = Duration::from_millis(20);
 
-/// The writer: every queued line, then a flush, then a short sleep.
-fn write_lines(mut sink: Sink, lines: &Receiver<String>, reopen: &AtomicBool) {
+/// The writer: take every queued byte (swapping in an empty buffer), write, flush, sleep.
+fn write_lines(mut sink: Sink, shared: &Shared) {
+    let mut spare = Vec::with_capacity(256 * 1024);
     loop {
-        // Checked before draining, so a line queued after the reopen goes to the new file.
-        if reopen.swap(false, Ordering::Relaxed) {
+        // Checked before taking, so a line queued after the reopen goes to the new file.
+        if shared.reopen.swap(false, Ordering::Relaxed) {
             sink.reopen();
         }
-        let mut wrote = false;
-        loop {
-            match lines.try_recv() {
-                Ok(line) => {
-                    if let Err(error) = sink.write(&line) {
-                        tracing::error!(%error, "cannot write the access log");
-                    }
-                    wrote = true;
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    let _ = sink.flush();
-                    return;
-                }
+        let closed = shared.closed.load(Ordering::Relaxed);
+        std::mem::swap(&mut *shared.pending.lock(), &mut spare);
+        if !spare.is_empty() {
+            if let Err(error) = sink.write(&spare).and_then(|()| sink.flush()) {
+                tracing::error!(%error, "cannot write the access log");
             }
+            spare.clear();
         }
-        if wrote {
-            let _ = sink.flush();
+        if closed {
+            return;
         }
         std::thread::sleep(WRITE_EVERY);
     }
 }
 
-/// The JSON line of one request, written by hand: no map, one allocation.
+/// The JSON line of one request.
 pub fn format_line(r: &AccessRecord<'_>) -> String {
     let mut line = String::with_capacity(320);
+    format_into(&mut line, r);
+    line
+}
+
+/// The JSON line of one request appended to `line`, written by hand: no map, no allocation
+/// once `line` has grown to a line's size.
+fn format_into(line: &mut String, r: &AccessRecord<'_>) {
     line.push_str("{\"ts\":\"");
-    push_timestamp(&mut line);
+    push_timestamp(line);
     line.push_str("\",\"request_id\":");
-    push_opt_str(&mut line, r.request_id);
+    push_opt_str(line, r.request_id);
     line.push_str(",\"client_ip\":");
     match r.client_ip {
         Some(ip) => {
@@ -174,9 +198,9 @@ pub fn format_line(r: &AccessRecord<'_>) -> String {
         None => line.push_str("null"),
     }
     line.push_str(",\"method\":");
-    push_str(&mut line, r.method);
+    push_str(line, r.method);
     line.push_str(",\"path\":");
-    push_str(&mut line, r.path);
+    push_str(line, r.path);
     let _ = write!(
         line,
         ",\"status\":{},\"duration_ms\":{:.3},\"bytes_sent\":{},\"app\":",
@@ -184,9 +208,9 @@ pub fn format_line(r: &AccessRecord<'_>) -> String {
         r.duration.as_secs_f64() * 1000.0,
         r.bytes_sent
     );
-    push_opt_str(&mut line, r.app);
+    push_opt_str(line, r.app);
     line.push_str(",\"route\":");
-    push_str(&mut line, r.route);
+    push_str(line, r.route);
     line.push_str(",\"user_id\":");
     match r.user_id {
         Some(id) => {
@@ -195,7 +219,7 @@ pub fn format_line(r: &AccessRecord<'_>) -> String {
         None => line.push_str("null"),
     }
     line.push_str(",\"upstream\":");
-    push_opt_str(&mut line, r.upstream);
+    push_opt_str(line, r.upstream);
     line.push_str(",\"upstream_ms\":");
     match r.upstream_time {
         Some(time) => {
@@ -204,7 +228,6 @@ pub fn format_line(r: &AccessRecord<'_>) -> String {
         None => line.push_str("null"),
     }
     line.push_str("}\n");
-    line
 }
 
 /// Now, as RFC 3339 UTC with milliseconds. The text up to the second is formatted once a

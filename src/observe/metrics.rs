@@ -2,11 +2,12 @@
 //!
 //! Names and labels are part of the interface (dashboards and alerts use them). No label holds
 //! anything a client chooses freely: `app` is a configured appid or empty, `route` one of a
-//! fixed set, `upstream` a configured `host:port`. On the request path nothing is formatted:
-//! label sets that can be are resolved at build time ([`RouteDurations`]), the rest are looked
-//! up by `&'static str` status codes.
+//! fixed set, `upstream` a configured `host:port`. On the request path nothing is formatted or
+//! hashed: each app and each upstream holds its series already resolved ([`AppMetrics`],
+//! [`StatusCounters`]); a series by status is resolved on its first use, and only a status
+//! outside the common ones is looked up by its labels.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -82,12 +83,79 @@ pub enum SendOutcome {
     Failed,
 }
 
-/// The duration histograms of one app, one per route, resolved once.
-pub struct RouteDurations([Histogram; RouteLabel::ALL.len()]);
+/// The statuses whose series are kept resolved; others are looked up by label.
+const COMMON_STATUSES: [u16; 16] = [
+    0, 200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 413, 429, 500, 502, 503,
+];
+const COMMON_LABELS: [&str; 16] = [
+    "0", "200", "201", "204", "301", "302", "304", "400", "401", "403", "404", "413", "429", "500",
+    "502", "503",
+];
 
-impl RouteDurations {
-    pub fn get(&self, route: RouteLabel) -> &Histogram {
-        &self.0[route as usize]
+/// One counter family's series by HTTP status, for fixed leading labels (an app and a route,
+/// or an app and an upstream).
+pub struct StatusCounters {
+    vec: IntCounterVec,
+    labels: Vec<String>,
+    /// The label of status 0 (no answer): `0` for requests, `error` for upstreams.
+    no_answer: &'static str,
+    common: [OnceLock<IntCounter>; COMMON_STATUSES.len()],
+}
+
+impl StatusCounters {
+    fn new(vec: &IntCounterVec, labels: &[&str], no_answer: &'static str) -> Self {
+        Self {
+            vec: vec.clone(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            no_answer,
+            common: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// Count one answer with `status`.
+    pub fn inc(&self, status: u16) {
+        let label = |i: usize| {
+            if COMMON_STATUSES[i] == 0 {
+                self.no_answer
+            } else {
+                COMMON_LABELS[i]
+            }
+        };
+        match COMMON_STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.common[i]
+                .get_or_init(|| self.with_status(label(i)))
+                .inc(),
+            None => {
+                let code = http::StatusCode::from_u16(status).ok();
+                let label = code
+                    .as_ref()
+                    .map_or(self.no_answer, http::StatusCode::as_str);
+                self.with_status(label).inc();
+            }
+        }
+    }
+
+    fn with_status(&self, status: &str) -> IntCounter {
+        let mut values: Vec<&str> = self.labels.iter().map(String::as_str).collect();
+        values.push(status);
+        self.vec.with_label_values(&values)
+    }
+}
+
+/// One app's request series: per route, its duration histogram and its counters by status.
+pub struct AppMetrics {
+    durations: [Histogram; RouteLabel::ALL.len()],
+    requests: [StatusCounters; RouteLabel::ALL.len()],
+}
+
+impl AppMetrics {
+    fn new(metrics_requests: &IntCounterVec, durations: &HistogramVec, appid: &str) -> Self {
+        Self {
+            durations: RouteLabel::ALL
+                .map(|route| durations.with_label_values(&[appid, route.as_str()])),
+            requests: RouteLabel::ALL
+                .map(|route| StatusCounters::new(metrics_requests, &[appid, route.as_str()], "0")),
+        }
     }
 }
 
@@ -97,7 +165,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     request_duration: HistogramVec,
     /// For requests with no app (`app=""`).
-    anonymous_durations: RouteDurations,
+    no_app: AppMetrics,
     upstream_healthy: IntGaugeVec,
     upstream_requests: IntCounterVec,
     sessions_cached: IntGauge,
@@ -222,9 +290,9 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let anonymous_durations = durations_of(&request_duration, "");
+        let no_app = AppMetrics::new(&requests, &request_duration, "");
         Arc::new(Self {
-            anonymous_durations,
+            no_app,
             request_duration,
             requests,
             upstream_healthy: gauge_vec(
@@ -293,35 +361,27 @@ impl Metrics {
         })
     }
 
-    /// The duration histograms of `appid`, to keep with the app.
-    pub fn durations_for(&self, appid: &str) -> RouteDurations {
-        durations_of(&self.request_duration, appid)
+    /// The request series of `appid`, to keep with the app.
+    pub fn app(&self, appid: &str) -> AppMetrics {
+        AppMetrics::new(&self.requests, &self.request_duration, appid)
     }
 
-    /// One request answered.
+    /// The upstream request series of one upstream of `appid`, to keep with the upstream.
+    pub fn upstream(&self, appid: &str, upstream: &str) -> StatusCounters {
+        StatusCounters::new(&self.upstream_requests, &[appid, upstream], "error")
+    }
+
+    /// One request answered (status 0: no answer was written), of `app` or of none.
     pub fn request(
         &self,
-        app: Option<(&str, &RouteDurations)>,
+        app: Option<&AppMetrics>,
         route: RouteLabel,
         status: u16,
         elapsed: Duration,
     ) {
-        let (appid, durations) = app.unwrap_or(("", &self.anonymous_durations));
-        let code = http::StatusCode::from_u16(status).ok();
-        let status = code.as_ref().map_or("0", http::StatusCode::as_str);
-        self.requests
-            .with_label_values(&[appid, route.as_str(), status])
-            .inc();
-        durations.get(route).observe(elapsed.as_secs_f64());
-    }
-
-    /// One request proxied to `upstream`; `status` 0 when it gave no answer.
-    pub fn upstream_request(&self, appid: &str, upstream: &str, status: u16) {
-        let code = http::StatusCode::from_u16(status).ok();
-        let status = code.as_ref().map_or("error", http::StatusCode::as_str);
-        self.upstream_requests
-            .with_label_values(&[appid, upstream, status])
-            .inc();
+        let app = app.unwrap_or(&self.no_app);
+        app.requests[route as usize].inc(status);
+        app.durations[route as usize].observe(elapsed.as_secs_f64());
     }
 
     /// The `mpapi_upstream_healthy` gauge of one upstream, 1 until a check says otherwise.
@@ -406,10 +466,6 @@ impl Metrics {
         }
         out
     }
-}
-
-fn durations_of(vec: &HistogramVec, appid: &str) -> RouteDurations {
-    RouteDurations(RouteLabel::ALL.map(|route| vec.with_label_values(&[appid, route.as_str()])))
 }
 
 /// A counter that mirrors a total kept elsewhere.

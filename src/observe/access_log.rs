@@ -201,13 +201,9 @@ fn format_into(line: &mut String, r: &AccessRecord<'_>) {
     push_str(line, r.method);
     line.push_str(",\"path\":");
     push_str(line, r.path);
-    let _ = write!(
-        line,
-        ",\"status\":{},\"duration_ms\":{:.3},\"bytes_sent\":{},\"app\":",
-        r.status,
-        r.duration.as_secs_f64() * 1000.0,
-        r.bytes_sent
-    );
+    let _ = write!(line, ",\"status\":{},\"duration_ms\":", r.status);
+    push_millis(line, r.duration);
+    let _ = write!(line, ",\"bytes_sent\":{},\"app\":", r.bytes_sent);
     push_opt_str(line, r.app);
     line.push_str(",\"route\":");
     push_str(line, r.route);
@@ -222,9 +218,7 @@ fn format_into(line: &mut String, r: &AccessRecord<'_>) {
     push_opt_str(line, r.upstream);
     line.push_str(",\"upstream_ms\":");
     match r.upstream_time {
-        Some(time) => {
-            let _ = write!(line, "{:.3}", time.as_secs_f64() * 1000.0);
-        }
+        Some(time) => push_millis(line, time),
         None => line.push_str("null"),
     }
     line.push_str("}\n");
@@ -248,6 +242,13 @@ fn push_timestamp(line: &mut String) {
         line.push_str(text);
     });
     let _ = write!(line, ".{:03}Z", now.timestamp_subsec_millis().min(999));
+}
+
+/// A duration in milliseconds with three decimals, from whole microseconds (no float
+/// formatting).
+fn push_millis(line: &mut String, duration: Duration) {
+    let micros = duration.as_micros();
+    let _ = write!(line, "{}.{:03}", micros / 1000, micros % 1000);
 }
 
 fn push_opt_str(line: &mut String, value: Option<&str>) {

@@ -278,6 +278,32 @@ apps:
     let request = client_request(&token);
     let mut group = c.benchmark_group("routing");
     group.bench_function("pick_upstream", |b| b.iter(|| app.pick_upstream().unwrap()));
+    // The path check every proxied request pays: a path that needs no change (nearly all)
+    // and one with dot segments to resolve.
+    group.bench_function("path_check_plain", |b| {
+        b.iter(|| mpapi::gateway::path::resolve(black_box("/app/orders/7/items")).unwrap())
+    });
+    group.bench_function("path_check_dot_segments", |b| {
+        b.iter(|| {
+            mpapi::gateway::path::resolve(black_box("/app/orders/./7/../8/%2e%2E/items")).unwrap()
+        })
+    });
+    // The rate limits of native endpoints (not consulted for `/app/*`), at their defaults.
+    let limits = mpapi::gateway::limits::RateLimits::new(&mpapi::config::LimitsConfig {
+        login_per_ip_per_minute: Some(u32::MAX),
+        native_per_token_per_minute: Some(u32::MAX),
+    });
+    let client: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+    group.bench_function("limit_login_per_address", |b| {
+        b.iter(|| limits.admit_login(black_box(Some(client))).unwrap())
+    });
+    group.bench_function("limit_native_per_token", |b| {
+        b.iter(|| {
+            limits
+                .admit_native(black_box(Some(token.as_bytes())))
+                .unwrap()
+        })
+    });
     group.bench_function("prepare_upstream_request", |b| {
         b.iter_batched_ref(
             || request.clone(),

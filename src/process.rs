@@ -85,6 +85,7 @@ pub fn run(config: Config, options: ProcessOptions) -> Result<(), String> {
             .map(|(tls, certificates)| (tls.listen, certificates)),
     )
     .map_err(|e| e.to_string())?;
+    let built = cell.clone();
     let core = Core {
         phases: Mutex::new(Some(phases)),
         config: Mutex::new(Some(config)),
@@ -97,6 +98,10 @@ pub fn run(config: Config, options: ProcessOptions) -> Result<(), String> {
     let proxy = server.add_service(proxy);
     proxy.add_dependencies([&core, &bootstrap]);
     server.run(RunArgs::default());
+    // The runtimes have stopped: every request has been answered and logged.
+    if let Some(log) = built.get().and_then(|state| state.access_log.as_ref()) {
+        log.finish();
+    }
     Ok(())
 }
 

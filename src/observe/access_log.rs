@@ -41,6 +41,7 @@ struct Shared {
 pub struct AccessLog {
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// One request, as the access log records it.
@@ -69,10 +70,23 @@ impl AccessLog {
             closed: AtomicBool::new(false),
         });
         let writer = shared.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("mpapi-access-log".into())
             .spawn(move || write_lines(sink, &writer))?;
-        Ok(Self { shared, metrics })
+        Ok(Self {
+            shared,
+            metrics,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Write every line queued so far and stop the writer: the last thing a process does
+    /// before it exits, so that no line of a request it answered is lost.
+    pub fn finish(&self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
+        if let Some(writer) = self.writer.lock().take() {
+            let _ = writer.join();
+        }
     }
 
     /// Queue one line; never waits for the writer.

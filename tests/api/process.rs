@@ -445,8 +445,19 @@ async fn json_logs_a_reopened_access_log_and_counted_reloads() {
     assert_eq!(reloads("ok"), Some(1.0));
     assert_eq!(reloads("refused"), Some(1.0));
 
+    // The last request's line is in the file once the process has exited.
+    let response = client
+        .get(setup.url("/app/x"))
+        .header("User-App", APPID)
+        .header("X-Request-Id", "the-last-request")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
     signal(&child, "TERM");
     assert_eq!(exited(&mut child, Duration::from_secs(20)).await, Some(0));
+    let lines = std::fs::read_to_string(&access).unwrap();
+    assert!(lines.contains("\"the-last-request\""), "{lines}");
     let log = setup.log("old.log");
     assert!(log.lines().count() >= 3, "{log}");
     for line in log.lines() {

@@ -234,17 +234,9 @@ fn main() {
         println!("wrk rows: skipped in the smoke run");
         None
     } else {
-        let headers = scenarios::client_headers(upstream)
-            .iter()
-            .filter(|(name, _)| *name != http::header::HOST)
-            .map(|(name, value)| {
-                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                (name.as_str().to_string(), value)
-            })
-            .collect::<Vec<_>>();
         Some(Arc::new(wrk::Script::write(
             scenarios::APP_PATH,
-            &headers,
+            &wrk_headers(upstream),
             &live,
         )))
     };
@@ -260,14 +252,7 @@ fn main() {
         None => None,
     };
     let handshake_script = tls.as_ref().map(|_| {
-        let mut headers = scenarios::client_headers(upstream)
-            .iter()
-            .filter(|(name, _)| *name != http::header::HOST)
-            .map(|(name, value)| {
-                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                (name.as_str().to_string(), value)
-            })
-            .collect::<Vec<_>>();
+        let mut headers = wrk_headers(upstream);
         headers.push(("Connection".to_string(), "close".to_string()));
         Arc::new(wrk::Script::write(scenarios::APP_PATH, &headers, &live))
     });
@@ -729,6 +714,18 @@ fn measure(client: &tokio::runtime::Runtime, scenario: &Scenario) -> (Outcome, R
         generator_cpu_us: generator_us / answered,
     };
     (outcome, round)
+}
+
+/// The headers a mini program sends, as wrk's script sets them (wrk sets `Host` itself).
+fn wrk_headers(upstream: SocketAddr) -> Vec<(String, String)> {
+    scenarios::client_headers(upstream)
+        .iter()
+        .filter(|(name, _)| *name != http::header::HOST)
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_string(), value)
+        })
+        .collect()
 }
 
 /// Whether `program` is an executable file on PATH.

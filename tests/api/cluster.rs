@@ -183,15 +183,7 @@ async fn after_the_listening_connection_is_cut_changes_are_still_seen() {
     a.database.set_reachable(false).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.database.set_reachable(true).await;
-    let code = a.code_for(APPID, "dave", None).await;
-    let (status, body) = a
-        .call(
-            Method::POST,
-            "/login",
-            &[("User-App", APPID)],
-            Some(json!({ "code": code })),
-        )
-        .await;
+    let (status, body) = a.try_login(APPID, "dave").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let second = body["data"]["token"].as_str().unwrap().to_string();
 

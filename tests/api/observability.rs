@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_parse::{Sample, Scrape, Value as Metric};
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::helpers::*;
 
@@ -312,15 +312,7 @@ async fn the_access_log_has_one_json_line_per_request_and_no_token() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(app.get_app("/anon", None).await.0, StatusCode::OK);
-    let code = app.code_for(APPID, "bob", None).await;
-    let (status, _) = app
-        .call(
-            Method::POST,
-            "/login",
-            &[("User-App", APPID)],
-            Some(json!({ "code": code })),
-        )
-        .await;
+    let (status, _) = app.try_login(APPID, "bob").await;
     assert_eq!(status, StatusCode::OK);
 
     let deadline = Instant::now() + Duration::from_secs(5);

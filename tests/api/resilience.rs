@@ -109,15 +109,7 @@ async fn the_database_going_down_keeps_cached_sessions_working_and_recovers(db: 
     );
     assert_eq!(received(&echo, "user-openid").as_deref(), Some("pat"));
 
-    let code = app.code_for(APPID, "quinn", None).await;
-    let (status, body) = app
-        .call(
-            Method::POST,
-            "/login",
-            &[("User-App", APPID)],
-            Some(json!({ "code": code })),
-        )
-        .await;
+    let (status, body) = app.try_login(APPID, "quinn").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], 10002);
     // The background loops say so once per outage (the rule itself: types::Outage's test).

@@ -143,6 +143,12 @@ impl State {
         })
     }
 
+    /// Whether anything records requests (metrics or the access log): when nothing does, a
+    /// request reads no clock and its logging phase does nothing.
+    pub fn observes_requests(&self) -> bool {
+        self.counts_requests || self.access_log.is_some()
+    }
+
     /// Whether the process is shutting down (SIGTERM, SIGINT, or the end of a handover).
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()

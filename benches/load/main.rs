@@ -553,13 +553,7 @@ fn main() {
     if plan.wants("reload") {
         let threads = 2;
         let yaml = world::config_yaml(threads, &sqlite.url, 1_000_000, upstream, sim_addr, "");
-        let gateway = client.block_on(world::gateway(
-            threads,
-            &sqlite.url,
-            1_000_000,
-            upstream,
-            sim_addr,
-        ));
+        let gateway = client.block_on(world::start(&yaml));
         let _ = client.block_on(prime(gateway.addr, &live, true));
         let load = Load {
             addr: gateway.addr,

@@ -224,14 +224,14 @@ pub async fn gateway(
     upstream: SocketAddr,
     simulator: SocketAddr,
 ) -> RunningGateway {
-    gateway_with(
+    start(&config_yaml(
         threads,
         database_url,
         cache_capacity,
         upstream,
         simulator,
         "",
-    )
+    ))
     .await
 }
 
@@ -252,34 +252,20 @@ pub async fn observed_gateway(
         let _ = std::fs::remove_file(&log);
         extra.push_str(&format!("log:\n  access: \"{}\"\n", log.display()));
     }
-    gateway_with(
+    start(&config_yaml(
         threads,
         database_url,
         1_000_000,
         upstream,
         simulator,
         &extra,
-    )
+    ))
     .await
 }
 
-async fn gateway_with(
-    threads: usize,
-    database_url: &str,
-    cache_capacity: u64,
-    upstream: SocketAddr,
-    simulator: SocketAddr,
-    extra: &str,
-) -> RunningGateway {
-    let yaml = config_yaml(
-        threads,
-        database_url,
-        cache_capacity,
-        upstream,
-        simulator,
-        extra,
-    );
-    let config = Config::parse(&yaml, &|_| None).unwrap();
+/// Start a gateway with the configuration `yaml`.
+pub async fn start(yaml: &str) -> RunningGateway {
+    let config = Config::parse(yaml, &|_| None).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     mpapi::server::spawn(config, listener).await.unwrap()
 }

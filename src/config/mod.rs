@@ -450,12 +450,7 @@ fn tls_error(error: TlsError) -> ConfigError {
 /// Turn the file model into the typed model, refusing anything that would fail later.
 fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     let server = ServerConfig {
-        listen: file
-            .server
-            .listen
-            .as_deref()
-            .map(|listen| socket_addr("server.listen", listen))
-            .transpose()?,
+        listen: optional_socket_addr("server.listen", file.server.listen.as_deref())?,
         tls: file.server.tls.as_ref().map(tls_config).transpose()?,
         threads: positive("server.threads", file.server.threads.unwrap_or(2))?,
         body_limit: positive(
@@ -579,14 +574,8 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     let dev = match file.dev {
         None => DevConfig::default(),
         Some(dev) => DevConfig {
-            simulator: dev
-                .simulator
-                .map(|a| socket_addr("dev.simulator", &a))
-                .transpose()?,
-            echo_upstream: dev
-                .echo_upstream
-                .map(|a| socket_addr("dev.echo_upstream", &a))
-                .transpose()?,
+            simulator: optional_socket_addr("dev.simulator", dev.simulator.as_deref())?,
+            echo_upstream: optional_socket_addr("dev.echo_upstream", dev.echo_upstream.as_deref())?,
         },
     };
     let limits = LimitsConfig {
@@ -596,12 +585,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             .filter(|&n| n > 0),
     };
     let admin = AdminConfig {
-        listen: file
-            .admin
-            .listen
-            .as_deref()
-            .map(|listen| socket_addr("admin.listen", listen))
-            .transpose()?,
+        listen: optional_socket_addr("admin.listen", file.admin.listen.as_deref())?,
     };
     let log = LogConfig {
         access: match file.log.access.as_deref() {
@@ -812,6 +796,11 @@ fn database_url(raw: &str) -> Result<Secret, ConfigError> {
             "must start with sqlite:, postgres: or mysql:",
         ))
     }
+}
+
+/// An address key that may be absent.
+fn optional_socket_addr(key: &str, raw: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+    raw.map(|raw| socket_addr(key, raw)).transpose()
 }
 
 fn socket_addr(key: &str, raw: &str) -> Result<SocketAddr, ConfigError> {

@@ -27,7 +27,7 @@ pub struct RequestCtx {
     pub client: Option<Client>,
     /// Whether the client's connection is TLS (`X-Forwarded-Proto: https`).
     pub https: bool,
-    /// When the request arrived.
+    /// When the request arrived; `None` when nothing records requests (no clock is read).
     pub started: Option<Instant>,
     /// What the request was, for metrics and the access log.
     pub route: RouteLabel,

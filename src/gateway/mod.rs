@@ -98,8 +98,12 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        let observed = self
+            .state
+            .get()
+            .is_some_and(|state| state.observes_requests());
         RequestCtx {
-            started: Some(Instant::now()),
+            started: observed.then(Instant::now),
             ..RequestCtx::default()
         }
     }
@@ -183,7 +187,9 @@ impl ProxyHttp for Gateway {
         peer.options.read_timeout = Some(server.upstream_read_timeout);
         peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
         ctx.upstream = Some(upstream);
-        ctx.upstream_started = Some(Instant::now());
+        if ctx.started.is_some() {
+            ctx.upstream_started = Some(Instant::now());
+        }
         Ok(Box::new(peer))
     }
 
@@ -204,8 +210,9 @@ impl ProxyHttp for Gateway {
         _error: Option<&Error>,
         ctx: &mut RequestCtx,
     ) {
-        if let Ok(state) = self.state() {
-            observe_request(state, session, ctx);
+        // `started` is set only when something records requests.
+        if let (Ok(state), Some(started)) = (self.state(), ctx.started) {
+            observe_request(state, session, ctx, started.elapsed());
         }
     }
 
@@ -276,9 +283,8 @@ impl ProxyHttp for Gateway {
 }
 
 /// Count a finished request in the metrics and write its access log line.
-fn observe_request(state: &State, session: &HttpSession, ctx: &RequestCtx) {
+fn observe_request(state: &State, session: &HttpSession, ctx: &RequestCtx, elapsed: Duration) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
-    let elapsed = ctx.started.map_or(Duration::ZERO, |at| at.elapsed());
     let appid = ctx.app.as_ref().map(|app| app.config.appid.as_str());
     if state.counts_requests {
         let app = ctx.app.as_ref().map(|app| &app.metrics);

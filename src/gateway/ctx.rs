@@ -23,6 +23,9 @@ pub struct RequestCtx {
     pub resolved_path: Option<String>,
     /// The request's `X-Request-Id` (the client's, or one made up), sent upstream and back.
     pub request_id: Option<HeaderValue>,
+    /// Whether the id is the client's own, already on its request (else it is added to the
+    /// upstream request, and to the client's when mpapi answers itself).
+    pub request_id_from_client: bool,
     /// Who sent the request (peer and client address); `None` on a Unix socket.
     pub client: Option<Client>,
     /// Whether the client's connection is TLS (`X-Forwarded-Proto: https`).

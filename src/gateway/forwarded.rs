@@ -9,10 +9,17 @@
 
 use std::net::IpAddr;
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 use rand::RngCore;
+
+/// The header carrying the request's id, and those telling the upstream about the client;
+/// parsed at compile time, so a request parses and allocates no name.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Longest client-sent `X-Request-Id` kept as it is.
 const MAX_REQUEST_ID: usize = 128;
@@ -66,10 +73,10 @@ impl Client {
     /// Set `X-Forwarded-For`, `X-Real-IP` and `X-Forwarded-Proto` on the upstream request,
     /// replacing whatever the client sent under those names (a trusted proxy's chain is kept,
     /// with the peer appended).
-    pub fn write_headers(&self, request: &mut RequestHeader, https: bool) -> pingora::Result<()> {
+    pub fn write_headers(&self, headers: &mut HeaderMap, https: bool) -> pingora::Result<()> {
         let real_ip = ip_value(self.real_ip);
         let forwarded_for = if self.via_trusted_proxy {
-            let mut chain = client_chain(request);
+            let mut chain = client_chain(headers);
             if !chain.is_empty() {
                 chain.push_str(", ");
             }
@@ -78,10 +85,16 @@ impl Client {
         } else {
             real_ip.clone()
         };
-        request.insert_header("x-forwarded-for", forwarded_for)?;
-        request.insert_header("x-real-ip", real_ip)?;
-        let proto = if https { "https" } else { "http" };
-        request.insert_header("x-forwarded-proto", HeaderValue::from_static(proto))?;
+        let proto = HeaderValue::from_static(if https { "https" } else { "http" });
+        for (name, value) in [
+            (&X_FORWARDED_FOR, forwarded_for),
+            (&X_REAL_IP, real_ip),
+            (&X_FORWARDED_PROTO, proto),
+        ] {
+            headers
+                .try_insert(name.clone(), value)
+                .map_err(super::too_many_headers)?;
+        }
         Ok(())
     }
 }
@@ -93,9 +106,9 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
 }
 
 /// Every `X-Forwarded-For` value the client sent, joined in order.
-fn client_chain(request: &RequestHeader) -> String {
+fn client_chain(headers: &HeaderMap) -> String {
     let mut chain = String::new();
-    for value in request.headers.get_all("x-forwarded-for") {
+    for value in headers.get_all(&X_FORWARDED_FOR) {
         let Ok(text) = value.to_str() else { continue };
         let text = text.trim();
         if text.is_empty() {
@@ -116,7 +129,7 @@ fn real_ip(request: &RequestHeader, peer: IpAddr, trusted: &TrustedProxies) -> I
     let mut current = peer;
     let values: Vec<&str> = request
         .headers
-        .get_all("x-forwarded-for")
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .collect();
@@ -148,7 +161,7 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
 /// else a new one (128 random bits, 32 hex digits: unguessable, so an id never tells one
 /// client about another's requests).
 pub fn request_id(request: &RequestHeader) -> (HeaderValue, bool) {
-    if let Some(value) = request.headers.get("x-request-id")
+    if let Some(value) = request.headers.get(&X_REQUEST_ID)
         && is_acceptable_id(value.as_bytes())
     {
         return (value.clone(), true);
@@ -193,27 +206,29 @@ mod tests {
     #[test]
     fn an_untrusted_peer_replaces_the_chain() {
         let peer: IpAddr = "203.0.113.9".parse().unwrap();
-        let mut request = request(&["1.1.1.1"]);
+        let request = request(&["1.1.1.1"]);
         let client = Client::of(&request, peer, &trusted(&["10.0.0.0/8"]));
         assert_eq!(client.real_ip, peer);
-        client.write_headers(&mut request, false).unwrap();
-        assert_eq!(request.headers["x-forwarded-for"], "203.0.113.9");
-        assert_eq!(request.headers["x-real-ip"], "203.0.113.9");
-        assert_eq!(request.headers["x-forwarded-proto"], "http");
+        let mut headers = request.headers.clone();
+        client.write_headers(&mut headers, false).unwrap();
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(headers["x-real-ip"], "203.0.113.9");
+        assert_eq!(headers["x-forwarded-proto"], "http");
     }
 
     #[test]
     fn a_trusted_peer_keeps_the_chain_and_the_real_ip_skips_trusted_hops() {
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
-        let mut request = request(&["6.6.6.6, 198.51.100.7", "10.1.1.1"]);
+        let request = request(&["6.6.6.6, 198.51.100.7", "10.1.1.1"]);
         let client = Client::of(&request, peer, &trusted(&["10.0.0.0/8"]));
         assert_eq!(client.real_ip, "198.51.100.7".parse::<IpAddr>().unwrap());
-        client.write_headers(&mut request, true).unwrap();
+        let mut headers = request.headers.clone();
+        client.write_headers(&mut headers, true).unwrap();
         assert_eq!(
-            request.headers["x-forwarded-for"],
+            headers["x-forwarded-for"],
             "6.6.6.6, 198.51.100.7, 10.1.1.1, 10.0.0.2"
         );
-        assert_eq!(request.headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-proto"], "https");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!                          /app/*          → authenticate User-Token (session), continue
 //! upstream_peer            next healthy upstream of the app (routing)
 //! upstream_request_filter  strip client identity, inject the session's, rewrite path,
-//!                          Host and Authorization (identity, routing)
+//!                          Host, Authorization, forwarding headers, request id
+//!                          (identity, forwarded, routing)
 //! fail_to_proxy            any failure → the JSON envelope (respond)
 //! ```
 
@@ -113,53 +114,26 @@ impl ProxyHttp for Gateway {
         session: &mut HttpSession,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
-        // The routing in force now serves this request to its end (its app is kept in `ctx`).
-        let routing = self.state()?.routing();
-        self.identify_request(session, ctx, &routing)?;
+        let state = self.state()?;
+        self.identify_request(session, ctx, state);
         let route = Route::of(session.req_header().uri.path());
         ctx.route = Route::label(route.as_ref());
-        if has_ambiguous_identity(session.req_header()) {
-            let error = ApiError::InvalidParam("ambiguous User-App or User-Token".into());
-            respond::error(session, &error).await?;
-            return Ok(true);
-        }
-        let Some(route) = route else {
-            respond::error(session, &ApiError::NotFound).await?;
-            return Ok(true);
-        };
-        let app = resolve_app(&routing, session.req_header());
-        drop(routing);
-        let Some(app) = app else {
-            respond::error(session, &ApiError::AppNotAllowed).await?;
-            return Ok(true);
-        };
-        ctx.app = Some(app.clone());
-        match route {
-            Route::Native(endpoint) => {
-                if let Err(error) = self.admit(session, ctx, endpoint) {
-                    respond::error(session, &error).await?;
-                    return Ok(true);
-                }
+        match self.admit(session.req_header(), ctx, route).await {
+            Ok(None) => Ok(false),
+            Ok(Some((endpoint, app))) => {
+                carry_request_id(session, ctx)?;
                 // Boxed so that proxied requests do not carry the endpoints' kilobytes of
                 // state in this phase's future (Pingora allocates it on every request).
                 // Every log line of the call carries the request's id.
                 let request_id = ctx.request_id.as_ref().and_then(|id| id.to_str().ok());
                 let span = tracing::info_span!("request", request_id);
-                Box::pin(api::serve(self.state()?, session, endpoint, &app).instrument(span))
-                    .await?;
+                Box::pin(api::serve(state, session, endpoint, &app).instrument(span)).await?;
                 Ok(true)
             }
-            Route::Proxy => {
-                match path::resolve(session.req_header().uri.path()) {
-                    Ok(std::borrow::Cow::Borrowed(_)) => {}
-                    Ok(std::borrow::Cow::Owned(resolved)) => ctx.resolved_path = Some(resolved),
-                    Err(_) => {
-                        let error = ApiError::InvalidParam("path outside the app".into());
-                        respond::error(session, &error).await?;
-                        return Ok(true);
-                    }
-                }
-                self.proxy(session, ctx, app).await
+            Err(error) => {
+                carry_request_id(session, ctx)?;
+                respond::error(session, &error).await?;
+                Ok(true)
             }
         }
     }
@@ -222,11 +196,7 @@ impl ProxyHttp for Gateway {
         request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        prepare_upstream_request(request, ctx)?;
-        if let Some(client) = &ctx.client {
-            client.write_headers(request, ctx.https)?;
-        }
-        Ok(())
+        prepare_upstream_request(request, ctx)
     }
 
     async fn response_filter(
@@ -271,7 +241,11 @@ impl ProxyHttp for Gateway {
         // The connection is not reused (the request body may be unread): say so in the answer,
         // or a keep-alive client sends its next request into a closing connection.
         session.set_keepalive(None);
-        if let Err(write_error) = respond::error(session, &error).await {
+        let written = match carry_request_id(session, ctx) {
+            Ok(()) => respond::error(session, &error).await,
+            Err(error) => Err(error),
+        };
+        if let Err(write_error) = written {
             tracing::debug!(error = %write_error, "could not write the error response");
             status = 0;
         }
@@ -314,105 +288,160 @@ fn observe_request(state: &State, session: &HttpSession, ctx: &RequestCtx, elaps
 
 /// More than one `User-App` or `User-Token`: which one counts would depend on who reads it.
 fn has_ambiguous_identity(request: &RequestHeader) -> bool {
-    ["user-app", "user-token"]
+    [&USER_APP, &USER_TOKEN]
         .iter()
         .any(|name| request.headers.get_all(*name).iter().nth(1).is_some())
 }
 
+/// The headers naming the app and carrying the session's token, parsed at compile time.
+static USER_APP: http::HeaderName = http::HeaderName::from_static("user-app");
+static USER_TOKEN: http::HeaderName = http::HeaderName::from_static("user-token");
+
+/// Headers the upstream request may gain: five identity headers, `Host`, `Authorization`,
+/// three forwarding headers and `X-Request-Id`.
+const ADDED_HEADERS: usize = 11;
+
 /// Turn the client's request into the upstream's: strip client-sent identity, inject the
-/// session's, rewrite the path under the upstream's prefix, set `Host` and `Authorization`.
+/// session's, rewrite the path under the upstream's prefix, set `Host`, `Authorization`, the
+/// forwarding headers and a made-up `X-Request-Id`.
+///
+/// The work is done on the request's own `http` parts, not through Pingora's header API:
+/// Pingora parses and allocates each name it is given and keeps a second map with each name's
+/// original case, so its ten inserts a request cost more than the rest of mpapi's work; here
+/// the names are parsed at compile time, room for them is made once, and one map changes. The
+/// upstream then receives header names in lower case (as over HTTP/2; Pingora titles `Host`,
+/// `Content-Type`, `Content-Length` and a few more), which HTTP defines as case-insensitive.
 pub fn prepare_upstream_request(request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
-    identity::strip_client_identity(request);
+    let end_stream = request.send_end_stream();
+    // An empty header map and the default URI: nothing is allocated for the placeholder.
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = http::request::Parts::from(std::mem::replace(request, placeholder));
+    let headers = &mut parts.headers;
+    headers
+        .try_reserve(ADDED_HEADERS)
+        .map_err(too_many_headers)?;
+    identity::strip_client_identity(headers);
     if let Some(user) = &ctx.session {
-        identity::inject(request, &user.identity)?;
+        identity::inject(headers, &user.identity)?;
     }
     if let Some(upstream) = &ctx.upstream {
         let rewritten = match &ctx.resolved_path {
             Some(resolved) => {
                 let mut path = resolved.clone();
-                if let Some(query) = request.uri.query() {
+                if let Some(query) = parts.uri.query() {
                     path.push('?');
                     path.push_str(query);
                 }
                 routing::upstream_path(&upstream.config.path_prefix, &path)
             }
             None => {
-                let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
+                let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
                 routing::upstream_path(&upstream.config.path_prefix, path)
             }
         };
         // From the `String` itself: the URI keeps its buffer instead of copying it.
-        let uri = http::Uri::try_from(rewritten)
+        parts.uri = http::Uri::try_from(rewritten)
             .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad request path"))?;
-        request.set_uri(uri);
-        request.insert_header(http::header::HOST, upstream.host.clone())?;
+        headers
+            .try_insert(http::header::HOST, upstream.host.clone())
+            .map_err(too_many_headers)?;
     }
     if let Some(authorization) = ctx.app.as_ref().and_then(|app| app.authorization.clone()) {
-        request.insert_header(http::header::AUTHORIZATION, authorization)?;
+        headers
+            .try_insert(http::header::AUTHORIZATION, authorization)
+            .map_err(too_many_headers)?;
+    }
+    if let Some(client) = &ctx.client {
+        client.write_headers(headers, ctx.https)?;
+    }
+    if let Some(id) = ctx
+        .request_id
+        .as_ref()
+        .filter(|_| !ctx.request_id_from_client)
+    {
+        headers
+            .try_insert(forwarded::X_REQUEST_ID.clone(), id.clone())
+            .map_err(too_many_headers)?;
+    }
+    *request = RequestHeader::from(parts);
+    if let Some(end_stream) = end_stream {
+        request.set_send_end_stream(end_stream);
     }
     Ok(())
 }
 
+/// The error of a header map that would pass `http`'s limit of 32,768 entries.
+fn too_many_headers(_: http::header::MaxSizeReached) -> Box<Error> {
+    Error::explain(ErrorType::HTTPStatus(400), "too many headers")
+}
+
+/// Put the request's id on the client's request before mpapi answers it itself: its answers
+/// (`respond`) read it there. Proxied requests skip this; their id is added upstream.
+fn carry_request_id(session: &mut HttpSession, ctx: &RequestCtx) -> Result<()> {
+    match &ctx.request_id {
+        Some(id) if !ctx.request_id_from_client => session
+            .req_header_mut()
+            .insert_header(REQUEST_ID, id.clone()),
+        _ => Ok(()),
+    }
+}
+
 impl Gateway {
-    /// Give the request its id (the client's when acceptable; the request header then carries
-    /// it upstream and into every answer) and note who sent it and over what.
-    fn identify_request(
-        &self,
-        session: &mut HttpSession,
-        ctx: &mut RequestCtx,
-        routing: &Routing,
-    ) -> Result<()> {
+    /// Give the request its id (the client's when acceptable) and note who sent it and over
+    /// what.
+    fn identify_request(&self, session: &HttpSession, ctx: &mut RequestCtx, state: &State) {
         let (id, from_client) = forwarded::request_id(session.req_header());
-        if !from_client {
-            session
-                .req_header_mut()
-                .insert_header(REQUEST_ID, id.clone())?;
-        }
         ctx.request_id = Some(id);
+        ctx.request_id_from_client = from_client;
         ctx.https = session
             .digest()
             .is_some_and(|digest| digest.ssl_digest.is_some());
         ctx.client = peer_ip(session).map(|peer| {
+            let routing = state.routing();
             forwarded::Client::of(session.req_header(), peer, &routing.trusted_proxies)
         });
-        Ok(())
     }
 
-    /// Count a native call against the node's rate limits: `/login` per client address, the
-    /// others per `User-Token`.
-    fn admit(
+    /// Decide how the request is served: proxied (`None`, its session in `ctx`), answered by
+    /// a native endpoint of `app`, or refused with an error.
+    async fn admit(
         &self,
-        session: &HttpSession,
-        ctx: &RequestCtx,
-        endpoint: Endpoint,
-    ) -> std::result::Result<(), ApiError> {
+        request: &RequestHeader,
+        ctx: &mut RequestCtx,
+        route: Option<Route>,
+    ) -> std::result::Result<Option<(Endpoint, Arc<App>)>, ApiError> {
+        if has_ambiguous_identity(request) {
+            return Err(ApiError::InvalidParam(
+                "ambiguous User-App or User-Token".into(),
+            ));
+        }
+        let route = route.ok_or(ApiError::NotFound)?;
         let state = self
             .state
             .get()
             .ok_or_else(|| ApiError::UpstreamUnavailable("starting".into()))?;
-        let limits = &state.limits;
-        if endpoint == Endpoint::Login {
-            return limits.admit_login(ctx.client.map(|client| client.real_ip));
-        }
-        let token = session.req_header().headers.get("user-token");
-        limits.admit_native(token.map(|value| value.as_bytes()))
-    }
-
-    /// Authenticate a proxied request; `true` when it was answered here.
-    async fn proxy(
-        &self,
-        session: &mut HttpSession,
-        ctx: &mut RequestCtx,
-        app: Arc<App>,
-    ) -> Result<bool> {
-        match self.authenticate(session.req_header(), &app).await {
-            Ok(user) => {
-                ctx.session = user;
-                Ok(false)
+        // The routing in force now serves this request to its end (its app is kept in `ctx`).
+        let app = resolve_app(&state.routing(), request).ok_or(ApiError::AppNotAllowed)?;
+        ctx.app = Some(app.clone());
+        match route {
+            Route::Native(endpoint) => {
+                let limits = &state.limits;
+                if endpoint == Endpoint::Login {
+                    limits.admit_login(ctx.client.map(|client| client.real_ip))?;
+                } else {
+                    let token = request.headers.get(&USER_TOKEN);
+                    limits.admit_native(token.map(|value| value.as_bytes()))?;
+                }
+                Ok(Some((endpoint, app)))
             }
-            Err(error) => {
-                respond::error(session, &error).await?;
-                Ok(true)
+            Route::Proxy => {
+                match path::resolve(request.uri.path()) {
+                    Ok(std::borrow::Cow::Borrowed(_)) => {}
+                    Ok(std::borrow::Cow::Owned(resolved)) => ctx.resolved_path = Some(resolved),
+                    Err(_) => return Err(ApiError::InvalidParam("path outside the app".into())),
+                }
+                ctx.session = self.authenticate(state, request, &app).await?;
+                Ok(None)
             }
         }
     }
@@ -420,16 +449,13 @@ impl Gateway {
     /// The session of `User-Token`; anonymous (`None`) when absent, unless the app requires login.
     async fn authenticate(
         &self,
+        state: &State,
         request: &RequestHeader,
         app: &App,
     ) -> std::result::Result<Option<Arc<Session>>, ApiError> {
-        match request.headers.get("user-token") {
+        match request.headers.get(&USER_TOKEN) {
             Some(token) => {
                 let token = token.to_str().map_err(|_| ApiError::NotLoggedIn)?;
-                let state = self
-                    .state
-                    .get()
-                    .ok_or_else(|| ApiError::UpstreamUnavailable("starting".into()))?;
                 let session = state
                     .sessions
                     .authenticate(&app.config.appid, token)
@@ -444,7 +470,7 @@ impl Gateway {
 
 /// The app named by `User-App`, or by `?appid=` when the header is absent.
 fn resolve_app(routing: &Routing, request: &RequestHeader) -> Option<Arc<App>> {
-    if let Some(value) = request.headers.get("user-app") {
+    if let Some(value) = request.headers.get(&USER_APP) {
         return routing.apps.get(value.to_str().ok()?).cloned();
     }
     let query = request.uri.query()?;

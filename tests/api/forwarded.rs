@@ -143,7 +143,7 @@ async fn every_answer_carries_the_request_id_the_upstream_saw() {
     app.stop().await;
 }
 
-/// A failed proxy attempt is logged with the request's id.
+/// A failed proxy attempt is logged with the request's id, the client's or a made-up one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_is_logged_with_the_request_id() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -169,5 +169,19 @@ async fn a_failure_is_logged_with_the_request_id() {
     assert!(response.status().is_server_error());
     assert_eq!(response.headers()["x-request-id"], id.as_str());
     assert!(logs().contains(&id), "no log line names {id}");
+
+    let response = app
+        .client
+        .get(app.url("/app/x"))
+        .header("User-App", APPID)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_server_error());
+    let made_up = response.headers()["x-request-id"].to_str().unwrap();
+    assert!(
+        logs().contains(made_up),
+        "the answer's id {made_up} is not the one logged"
+    );
     app.stop().await;
 }

@@ -25,6 +25,7 @@ mod cpu;
 mod dispatch;
 mod edge;
 mod generator;
+mod instructions;
 mod nginx;
 mod passthrough;
 mod report;
@@ -171,7 +172,19 @@ const OBSERVED: &str = "cached token, metrics + access log";
 const THREADS: [usize; 2] = [1, 2];
 
 fn main() {
+    // `scripts/instructions.sh`: a fixed number of requests through one proxy, under callgrind.
+    if let Ok(scenario) = std::env::var("MPAPI_LOAD_INSTRUCTIONS") {
+        let count = env_number("MPAPI_LOAD_REQUESTS", 1_000) as u64;
+        instructions::run(&scenario, count);
+        return;
+    }
     let bench = std::env::args().any(|arg| arg == "--bench");
+    if !bench {
+        // The smoke run drives the instruction-count mode too, so that it cannot rot.
+        for scenario in ["bare", "cached", "anonymous"] {
+            instructions::run(scenario, 5);
+        }
+    }
     let plan = if bench { Plan::bench() } else { Plan::smoke() };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
@@ -185,12 +198,7 @@ fn main() {
     // simulator have a runtime of their own; each proxy starts its own.
     let client = runtime("load-client", 2);
     let backends = runtime("backends", 2);
-    let upstream = backends.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(upstream::serve(listener));
-        addr
-    });
+    let upstream = upstream::start(&backends);
     let simulator = world::simulator();
     let sim_addr = backends.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -55,3 +55,13 @@ async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
     );
     Ok(response)
 }
+
+/// Start the upstream on `runtime`, on a port of its own; returns its address.
+pub fn start(runtime: &tokio::runtime::Runtime) -> std::net::SocketAddr {
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener));
+        addr
+    })
+}

@@ -115,10 +115,17 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
         let state = self.state()?;
-        self.identify_request(session, ctx, state);
+        // The routing in force now serves this request to its end (its app is kept in `ctx`).
+        let routing = state.routing();
+        self.identify_request(session, ctx, &routing);
+        let app = resolve_app(&routing, session.req_header());
+        drop(routing);
         let route = Route::of(session.req_header().uri.path());
         ctx.route = Route::label(route.as_ref());
-        match self.admit(session.req_header(), ctx, route).await {
+        match self
+            .admit(state, session.req_header(), ctx, route, app)
+            .await
+        {
             Ok(None) => Ok(false),
             Ok(Some((endpoint, app))) => {
                 carry_request_id(session, ctx)?;
@@ -389,7 +396,7 @@ fn carry_request_id(session: &mut HttpSession, ctx: &RequestCtx) -> Result<()> {
 impl Gateway {
     /// Give the request its id (the client's when acceptable) and note who sent it and over
     /// what.
-    fn identify_request(&self, session: &HttpSession, ctx: &mut RequestCtx, state: &State) {
+    fn identify_request(&self, session: &HttpSession, ctx: &mut RequestCtx, routing: &Routing) {
         let (id, from_client) = forwarded::request_id(session.req_header());
         ctx.request_id = Some(id);
         ctx.request_id_from_client = from_client;
@@ -397,18 +404,19 @@ impl Gateway {
             .digest()
             .is_some_and(|digest| digest.ssl_digest.is_some());
         ctx.client = peer_ip(session).map(|peer| {
-            let routing = state.routing();
             forwarded::Client::of(session.req_header(), peer, &routing.trusted_proxies)
         });
     }
 
     /// Decide how the request is served: proxied (`None`, its session in `ctx`), answered by
-    /// a native endpoint of `app`, or refused with an error.
+    /// a native endpoint of `app` (the one the request names, if any), or refused with an error.
     async fn admit(
         &self,
+        state: &State,
         request: &RequestHeader,
         ctx: &mut RequestCtx,
         route: Option<Route>,
+        app: Option<Arc<App>>,
     ) -> std::result::Result<Option<(Endpoint, Arc<App>)>, ApiError> {
         if has_ambiguous_identity(request) {
             return Err(ApiError::InvalidParam(
@@ -416,12 +424,7 @@ impl Gateway {
             ));
         }
         let route = route.ok_or(ApiError::NotFound)?;
-        let state = self
-            .state
-            .get()
-            .ok_or_else(|| ApiError::UpstreamUnavailable("starting".into()))?;
-        // The routing in force now serves this request to its end (its app is kept in `ctx`).
-        let app = resolve_app(&state.routing(), request).ok_or(ApiError::AppNotAllowed)?;
+        let app = app.ok_or(ApiError::AppNotAllowed)?;
         ctx.app = Some(app.clone());
         match route {
             Route::Native(endpoint) => {

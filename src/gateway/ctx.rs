@@ -40,3 +40,13 @@ pub struct RequestCtx {
     /// The upstream's response status (0: none came).
     pub upstream_status: u16,
 }
+
+impl RequestCtx {
+    /// The request's id when mpapi made it up: it is on no request yet, so it is added to the
+    /// upstream request, or to the client's when mpapi answers itself.
+    pub fn made_up_request_id(&self) -> Option<&HeaderValue> {
+        self.request_id
+            .as_ref()
+            .filter(|_| !self.request_id_from_client)
+    }
+}

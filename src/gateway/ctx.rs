@@ -7,6 +7,7 @@ use http::HeaderValue;
 
 use super::forwarded::Client;
 use super::routing::{App, Upstream};
+use super::scan::HopByHop;
 use crate::observe::RouteLabel;
 use crate::session::Session;
 
@@ -28,6 +29,8 @@ pub struct RequestCtx {
     pub request_id_from_client: bool,
     /// Who sent the request (peer and client address); `None` on a Unix socket.
     pub client: Option<Client>,
+    /// The request's hop-by-hop headers: whether Pingora's sanitation can be skipped.
+    pub hop_by_hop: HopByHop,
     /// Whether the client's connection is TLS (`X-Forwarded-Proto: https`).
     pub https: bool,
     /// When the request arrived; `None` when nothing records requests (no clock is read).

@@ -2,13 +2,15 @@
 //! module named for the job; per-request facts live in [`RequestCtx`].
 //!
 //! ```text
-//! request_filter           route the path; resolve the app (User-App or ?appid=);
+//! request_filter           route the path; resolve the app (User-App or ?appid=); one pass
+//!                          over the header names (scan);
 //!                          native endpoint → answer here (api::serve), done;
 //!                          /app/*          → authenticate User-Token (session), continue
-//! upstream_peer            next healthy upstream of the app (routing)
-//! upstream_request_filter  strip client identity, inject the session's, rewrite path,
-//!                          Host, Authorization, forwarding headers, request id
-//!                          (identity, forwarded, routing)
+//! upstream_peer            next healthy upstream of the app (routing); Pingora's hop-by-hop
+//!                          sanitation only when there is something to sanitise (scan)
+//! upstream_request_filter  strip client identity (and a plain `Connection`), inject the
+//!                          session's, rewrite path, Host, Authorization, forwarding headers,
+//!                          request id (identity, forwarded, routing)
 //! fail_to_proxy            any failure → the JSON envelope (respond)
 //! ```
 
@@ -19,6 +21,7 @@ pub mod limits;
 pub mod path;
 pub mod respond;
 pub mod routing;
+pub mod scan;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
+use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session as HttpSession};
 use tracing::Instrument as _;
@@ -122,7 +126,9 @@ impl ProxyHttp for Gateway {
         drop(routing);
         let route = Route::of(session.req_header().uri.path());
         ctx.route = Route::label(route.as_ref());
-        match admit(state, session.req_header(), ctx, route, app).await {
+        let scanned = scan::scan(&session.req_header().headers);
+        ctx.hop_by_hop = scanned.hop_by_hop;
+        match admit(state, session.req_header(), ctx, &scanned, route, app).await {
             Ok(None) => Ok(false),
             Ok(Some((endpoint, app))) => {
                 carry_request_id(session, ctx)?;
@@ -164,6 +170,11 @@ impl ProxyHttp for Gateway {
         peer.options.connection_timeout = Some(server.upstream_connect_timeout);
         peer.options.read_timeout = Some(server.upstream_read_timeout);
         peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        if ctx.hop_by_hop.skips_sanitation() {
+            // Nothing for Pingora's sanitation to do but drop `Connection`, which
+            // `prepare_upstream_request` does in its own pass (see `scan`).
+            peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::preserve();
+        }
         ctx.upstream = Some(upstream);
         if ctx.started.is_some() {
             ctx.upstream_started = Some(Instant::now());
@@ -290,16 +301,9 @@ fn observe_request(state: &State, session: &HttpSession, ctx: &RequestCtx, elaps
     }
 }
 
-/// More than one `User-App` or `User-Token`: which one counts would depend on who reads it.
-fn has_ambiguous_identity(request: &RequestHeader) -> bool {
-    [&USER_APP, &USER_TOKEN]
-        .iter()
-        .any(|name| request.headers.get_all(*name).iter().nth(1).is_some())
-}
-
 /// The headers naming the app and carrying the session's token, parsed at compile time.
-static USER_APP: http::HeaderName = http::HeaderName::from_static("user-app");
-static USER_TOKEN: http::HeaderName = http::HeaderName::from_static("user-token");
+pub(crate) static USER_APP: http::HeaderName = http::HeaderName::from_static("user-app");
+pub(crate) static USER_TOKEN: http::HeaderName = http::HeaderName::from_static("user-token");
 
 /// Headers the upstream request may gain: five identity headers, `Host`, `Authorization`,
 /// three forwarding headers and `X-Request-Id`.
@@ -325,6 +329,9 @@ pub fn prepare_upstream_request(request: &mut RequestHeader, ctx: &RequestCtx) -
         .try_reserve(ADDED_HEADERS)
         .map_err(too_many_headers)?;
     identity::strip_client_identity(headers);
+    if ctx.hop_by_hop == scan::HopByHop::ConnectionOnly {
+        headers.remove(http::header::CONNECTION);
+    }
     if let Some(user) = &ctx.session {
         identity::inject(headers, &user.identity)?;
     }
@@ -405,10 +412,12 @@ async fn admit(
     state: &State,
     request: &RequestHeader,
     ctx: &mut RequestCtx,
+    scanned: &scan::HeaderScan,
     route: Option<Route>,
     app: Option<Arc<App>>,
 ) -> std::result::Result<Option<(Endpoint, Arc<App>)>, ApiError> {
-    if has_ambiguous_identity(request) {
+    // More than one `User-App` or `User-Token`: which one counts would depend on who reads it.
+    if scanned.ambiguous_identity {
         return Err(ApiError::InvalidParam(
             "ambiguous User-App or User-Token".into(),
         ));

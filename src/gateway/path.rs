@@ -20,10 +20,13 @@ pub enum PathError {
 
 /// The path (no query) with dot segments removed, still under [`PREFIX`].
 pub fn resolve(path: &str) -> Result<Cow<'_, str>, PathError> {
-    if has_forbidden_encoding(path) {
+    // Without a `.` or a `%` there is neither a dot segment nor an encoding to refuse: most
+    // paths are settled by this one scan.
+    let plain = !path.bytes().any(|b| b == b'.' || b == b'%');
+    if !plain && has_forbidden_encoding(path) {
         return Err(PathError::ForbiddenEncoding);
     }
-    let resolved = if path.split('/').any(|s| dot_segment(s).is_some()) {
+    let resolved = if !plain && path.split('/').any(|s| dot_segment(s).is_some()) {
         Cow::Owned(remove_dot_segments(path))
     } else {
         Cow::Borrowed(path)

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -51,9 +51,7 @@ pub struct App {
 impl App {
     /// The next healthy upstream, round-robin, and the address it is at now.
     pub fn pick_upstream(&self) -> Option<(Arc<Upstream>, SocketAddr)> {
-        let backend = self.pool.balancer.select(b"", 256)?;
-        let addr = *backend.addr.as_inet()?;
-        let index = self.pool.resolver.index_of(addr)?;
+        let (addr, index) = self.pool.pick()?;
         Some((self.upstreams.get(index)?.clone(), addr))
     }
 }
@@ -148,12 +146,21 @@ impl ServiceDiscovery for Discovery {
 
 /// One app's upstreams behind a round-robin balancer with health checks.
 ///
+/// Pingora's balancer finds the addresses (through [`Discovery`]) and runs the checks; the
+/// pool picks from its own list of the healthy ones, rebuilt after every check and every
+/// address refresh. Picking through the balancer would hash the chosen backend (SipHash) to
+/// look its health up on every request.
+///
 /// A reload that leaves an app's upstream list as it was hands the new app the same pool, so
 /// what the health checks know carries over. Its check loop holds it only weakly: once no app
 /// of the routing in force (nor a request still under way) holds the pool, the loop ends.
 pub struct Pool {
-    pub balancer: LoadBalancer<RoundRobin>,
+    balancer: LoadBalancer<RoundRobin>,
     resolver: Arc<Resolver>,
+    /// The healthy upstreams' addresses and indexes, in config order.
+    ready: ArcSwap<Vec<(SocketAddr, usize)>>,
+    /// Requests picked so far: the round-robin position.
+    picks: AtomicUsize,
     /// The base URLs it was built from, to recognise an unchanged list at a reload.
     urls: Vec<url::Url>,
     interval: Duration,
@@ -176,29 +183,53 @@ impl Pool {
         let mut balancer = LoadBalancer::<RoundRobin>::from_backends(Backends::new(discovery));
         balancer.set_health_check(TcpHealthCheck::new());
         balancer.update().await?;
-        Ok(Self {
+        let pool = Self {
             balancer,
             resolver,
+            ready: ArcSwap::default(),
+            picks: AtomicUsize::new(0),
             urls: upstreams.iter().map(|u| u.url.clone()).collect(),
             interval,
             dns_refresh,
             checked: AtomicBool::new(false),
             health_gauges,
-        })
+        };
+        pool.publish_health();
+        Ok(pool)
     }
 
-    /// Publish what the last health check found.
+    /// The next healthy upstream, round-robin: its address and index.
+    fn pick(&self) -> Option<(SocketAddr, usize)> {
+        let ready = self.ready.load();
+        if ready.is_empty() {
+            return None;
+        }
+        let position = self.picks.fetch_add(1, Ordering::Relaxed);
+        ready.get(position % ready.len()).copied()
+    }
+
+    /// Publish what the balancer knows now (after a check or an address refresh): the list
+    /// requests pick from and the health gauges. A new address starts healthy.
     fn publish_health(&self) {
         let backends = self.balancer.backends();
+        let mut ready = Vec::with_capacity(self.health_gauges.len());
         for backend in backends.get_backend().iter() {
-            let index = backend
-                .addr
-                .as_inet()
-                .and_then(|addr| self.resolver.index_of(*addr));
-            if let Some(gauge) = index.and_then(|i| self.health_gauges.get(i)) {
-                gauge.set(i64::from(backends.ready(backend)));
+            let Some(addr) = backend.addr.as_inet().copied() else {
+                continue;
+            };
+            let Some(index) = self.resolver.index_of(addr) else {
+                continue;
+            };
+            let healthy = backends.ready(backend);
+            if let Some(gauge) = self.health_gauges.get(index) {
+                gauge.set(i64::from(healthy));
+            }
+            if healthy {
+                ready.push((addr, index));
             }
         }
+        ready.sort_unstable_by_key(|(_, index)| *index);
+        self.ready.store(Arc::new(ready));
     }
 
     /// Resolve the pool's host names again every `dns_refresh`, until the pool is dropped or
@@ -219,8 +250,9 @@ impl Pool {
             let Some(current) = pool.upgrade() else {
                 return;
             };
-            if let Err(error) = current.balancer.update().await {
-                tracing::warn!(%error, "upstream address refresh failed");
+            match current.balancer.update().await {
+                Ok(()) => current.publish_health(),
+                Err(error) => tracing::warn!(%error, "upstream address refresh failed"),
             }
         }
     }

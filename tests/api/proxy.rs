@@ -237,6 +237,62 @@ async fn requests_round_robin_and_a_dead_upstream_stops_receiving_traffic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_answers_again_receives_traffic_again() {
+    let revived = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let backends = Backends::start().await;
+    let live = backends.upstream_addr.to_string();
+    let tweaks = Tweaks {
+        upstreams: Some(vec![
+            format!("http://{live}/api"),
+            format!("http://{revived}/api"),
+        ]),
+        ..Tweaks::default()
+    };
+    let database = TestDatabase::create(Db::Sqlite).await;
+    let gateway = start_gateway(&database.url, &backends, &tweaks).await;
+    let client = client();
+    let host_reached = || async {
+        let response = client
+            .get(format!("http://{}/app/back", gateway.addr))
+            .header("User-App", APPID)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let echo: serde_json::Value = response.json().await.unwrap();
+        received(&echo, "host").unwrap()
+    };
+    // Let the 1-second health check mark the stopped upstream down.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    for _ in 0..6 {
+        assert_eq!(
+            host_reached().await,
+            live,
+            "the stopped upstream is skipped"
+        );
+    }
+
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(revived).await.unwrap();
+    tokio::spawn(mpapi::sim::echo::serve(
+        listener,
+        mpapi::shutdown::wait_for(rx),
+    ));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while host_reached().await != revived.to_string() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream that answers again gets no request"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_answers_502_in_the_envelope() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -274,6 +330,54 @@ async fn refusals_keep_the_connection_alive() {
     stream.write_all(allowed.as_bytes()).await.unwrap();
     let second = read_response(&mut stream).await;
     assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_and_what_connection_names_never_reach_the_upstream() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let request = |extra: &str| {
+        format!(
+            "GET /app/hop HTTP/1.1\r\nHost: x\r\nUser-App: {APPID}\r\nX-Kept: yes\r\n{extra}\r\n"
+        )
+    };
+    let echo_of = |response: &str| -> serde_json::Value {
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        let (_, body) = response.split_once("\r\n\r\n").unwrap();
+        serde_json::from_str(body).unwrap()
+    };
+    let exchanges = [
+        // Only a plain `Connection`: the gateway drops it itself.
+        ("Connection: keep-alive\r\n", vec!["connection"]),
+        // Hop-by-hop headers and one that `Connection` names: Pingora's standard policy.
+        (
+            "Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\
+             TE: trailers\r\nProxy-Authorization: Basic eA==\r\nProxy-Connection: keep-alive\r\n",
+            vec![
+                "connection",
+                "x-hop",
+                "keep-alive",
+                "te",
+                "proxy-authorization",
+                "proxy-connection",
+            ],
+        ),
+        ("", vec![]),
+    ];
+    for (extra, dropped) in exchanges {
+        stream.write_all(request(extra).as_bytes()).await.unwrap();
+        let echo = echo_of(&read_response(&mut stream).await);
+        assert_eq!(received(&echo, "x-kept").as_deref(), Some("yes"), "{echo}");
+        for name in dropped {
+            assert_eq!(received(&echo, name), None, "{name} was forwarded: {echo}");
+        }
+    }
+    // The last request of a connection: `Connection: close` is not forwarded either.
+    let last = raw_exchange(app.addr, &request("Connection: close\r\n")).await;
+    let echo = echo_of(&last);
+    assert_eq!(received(&echo, "connection"), None, "{echo}");
+    assert_eq!(received(&echo, "x-kept").as_deref(), Some("yes"), "{echo}");
     app.stop().await;
 }
 

@@ -121,13 +121,13 @@ impl ProxyHttp for Gateway {
         let state = self.state()?;
         // The routing in force now serves this request to its end (its app is kept in `ctx`).
         let routing = state.routing();
-        identify_request(session, ctx, &routing);
-        let app = resolve_app(&routing, session.req_header());
+        let scanned = scan::scan(&session.req_header().headers);
+        ctx.hop_by_hop = scanned.hop_by_hop;
+        identify_request(session, ctx, &routing, scanned.request_id);
+        let app = resolve_app(&routing, session.req_header(), scanned.user_app);
         drop(routing);
         let route = Route::of(session.req_header().uri.path());
         ctx.route = Route::label(route.as_ref());
-        let scanned = scan::scan(&session.req_header().headers);
-        ctx.hop_by_hop = scanned.hop_by_hop;
         match admit(state, session.req_header(), ctx, &scanned, route, app).await {
             Ok(None) => Ok(false),
             Ok(Some((endpoint, app))) => {
@@ -395,8 +395,13 @@ fn carry_request_id(session: &mut HttpSession, ctx: &RequestCtx) -> Result<()> {
 
 /// Give the request its id (the client's when acceptable) and note who sent it and over
 /// what.
-fn identify_request(session: &HttpSession, ctx: &mut RequestCtx, routing: &Routing) {
-    let (id, from_client) = forwarded::request_id(session.req_header());
+fn identify_request(
+    session: &HttpSession,
+    ctx: &mut RequestCtx,
+    routing: &Routing,
+    client_id: Option<&http::HeaderValue>,
+) {
+    let (id, from_client) = forwarded::request_id(client_id);
     ctx.request_id = Some(id);
     ctx.request_id_from_client = from_client;
     ctx.https = session
@@ -412,7 +417,7 @@ async fn admit(
     state: &State,
     request: &RequestHeader,
     ctx: &mut RequestCtx,
-    scanned: &scan::HeaderScan,
+    scanned: &scan::HeaderScan<'_>,
     route: Option<Route>,
     app: Option<Arc<App>>,
 ) -> std::result::Result<Option<(Endpoint, Arc<App>)>, ApiError> {
@@ -431,8 +436,7 @@ async fn admit(
             if endpoint == Endpoint::Login {
                 limits.admit_login(ctx.client.map(|client| client.real_ip))?;
             } else {
-                let token = request.headers.get(&USER_TOKEN);
-                limits.admit_native(token.map(|value| value.as_bytes()))?;
+                limits.admit_native(scanned.user_token.map(|value| value.as_bytes()))?;
             }
             Ok(Some((endpoint, app)))
         }
@@ -442,7 +446,7 @@ async fn admit(
                 Ok(std::borrow::Cow::Owned(resolved)) => ctx.resolved_path = Some(resolved),
                 Err(_) => return Err(ApiError::InvalidParam("path outside the app".into())),
             }
-            ctx.session = authenticate(state, request, &app).await?;
+            ctx.session = authenticate(state, scanned.user_token, &app).await?;
             Ok(None)
         }
     }
@@ -451,10 +455,10 @@ async fn admit(
 /// The session of `User-Token`; anonymous (`None`) when absent, unless the app requires login.
 async fn authenticate(
     state: &State,
-    request: &RequestHeader,
+    token: Option<&http::HeaderValue>,
     app: &App,
 ) -> std::result::Result<Option<Arc<Session>>, ApiError> {
-    match request.headers.get(&USER_TOKEN) {
+    match token {
         Some(token) => {
             let token = token.to_str().map_err(|_| ApiError::NotLoggedIn)?;
             let session = state
@@ -468,9 +472,14 @@ async fn authenticate(
     }
 }
 
-/// The app named by `User-App`, or by `?appid=` when the header is absent.
-fn resolve_app(routing: &Routing, request: &RequestHeader) -> Option<Arc<App>> {
-    if let Some(value) = request.headers.get(&USER_APP) {
+/// The app named by `User-App` (its first value, `user_app`), or by `?appid=` when the header
+/// is absent.
+fn resolve_app(
+    routing: &Routing,
+    request: &RequestHeader,
+    user_app: Option<&http::HeaderValue>,
+) -> Option<Arc<App>> {
+    if let Some(value) = user_app {
         return routing.apps.get(value.to_str().ok()?).cloned();
     }
     let query = request.uri.query()?;

@@ -39,7 +39,11 @@ async fn write_with(
     header.insert_header("Cache-Control", "no-store")?;
     // The request filter set the id on the request; an answer written before it ran (a
     // malformed request) gets a new one.
-    let (request_id, _) = super::forwarded::request_id(session.req_header());
+    let client_id = session
+        .req_header()
+        .headers
+        .get(&super::forwarded::X_REQUEST_ID);
+    let (request_id, _) = super::forwarded::request_id(client_id);
     header.insert_header("X-Request-Id", request_id)?;
     session
         .write_response_header(Box::new(header), false)

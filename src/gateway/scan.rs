@@ -1,6 +1,7 @@
-//! One pass over the client's request headers for what the gateway needs to know about their
-//! names before it decides anything: whether the identity it reads is ambiguous, and whether
-//! Pingora's hop-by-hop sanitation has anything to do.
+//! One pass over the client's request headers for what the gateway needs before it decides
+//! anything: the values it reads (`User-App`, `User-Token`, `X-Request-Id`; three hashed
+//! look-ups otherwise), whether that identity is ambiguous, and whether Pingora's hop-by-hop
+//! sanitation has anything to do.
 //!
 //! Pingora's standard upstream-request policy removes the hop-by-hop headers (and whatever
 //! `Connection` names) with a dozen map look-ups on every request, whether or not any is there
@@ -13,11 +14,16 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
+use super::forwarded::X_REQUEST_ID;
 use super::{USER_APP, USER_TOKEN};
 
 /// What one pass over a request's headers found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct HeaderScan {
+pub struct HeaderScan<'a> {
+    /// The first `User-App`, `User-Token` and `X-Request-Id` values.
+    pub user_app: Option<&'a HeaderValue>,
+    pub user_token: Option<&'a HeaderValue>,
+    pub request_id: Option<&'a HeaderValue>,
     /// `User-App` or `User-Token` came more than once.
     pub ambiguous_identity: bool,
     /// What the request's hop-by-hop headers need.
@@ -45,7 +51,8 @@ impl HopByHop {
 }
 
 /// Look at every header of `headers` once.
-pub fn scan(headers: &HeaderMap) -> HeaderScan {
+pub fn scan(headers: &HeaderMap) -> HeaderScan<'_> {
+    let mut found = HeaderScan::default();
     let (mut apps, mut tokens, mut connections) = (0u32, 0u32, 0u32);
     let mut plain_connection = true;
     let mut other_hop_by_hop = false;
@@ -55,21 +62,23 @@ pub fn scan(headers: &HeaderMap) -> HeaderScan {
             plain_connection &= is_keep_alive_or_close(value);
         } else if *name == USER_APP {
             apps += 1;
+            found.user_app.get_or_insert(value);
         } else if *name == USER_TOKEN {
             tokens += 1;
+            found.user_token.get_or_insert(value);
+        } else if *name == X_REQUEST_ID {
+            found.request_id.get_or_insert(value);
         } else {
             other_hop_by_hop |= is_hop_by_hop(name);
         }
     }
-    let hop_by_hop = match (connections, other_hop_by_hop) {
+    found.hop_by_hop = match (connections, other_hop_by_hop) {
         (0, false) => HopByHop::Absent,
         (1, false) if plain_connection => HopByHop::ConnectionOnly,
         _ => HopByHop::Present,
     };
-    HeaderScan {
-        ambiguous_identity: apps > 1 || tokens > 1,
-        hop_by_hop,
-    }
+    found.ambiguous_identity = apps > 1 || tokens > 1;
+    found
 }
 
 /// The hop-by-hop headers the standard policy removes besides `Connection`, and `close`, the
@@ -96,7 +105,7 @@ fn is_keep_alive_or_close(value: &HeaderValue) -> bool {
 mod tests {
     use super::*;
 
-    fn scanned(lines: &[(&str, &str)]) -> HeaderScan {
+    fn headers(lines: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (name, value) in lines {
             headers.append(
@@ -104,7 +113,40 @@ mod tests {
                 HeaderValue::from_str(value).unwrap(),
             );
         }
-        scan(&headers)
+        headers
+    }
+
+    /// What the scan of `lines` says about hop-by-hop headers and identity.
+    fn scanned(lines: &[(&str, &str)]) -> Facts {
+        let headers = headers(lines);
+        let found = scan(&headers);
+        Facts {
+            hop_by_hop: found.hop_by_hop,
+            ambiguous_identity: found.ambiguous_identity,
+        }
+    }
+
+    struct Facts {
+        hop_by_hop: HopByHop,
+        ambiguous_identity: bool,
+    }
+
+    #[test]
+    fn the_first_value_of_each_read_header_is_found() {
+        let headers = headers(&[
+            ("accept", "*/*"),
+            ("user-app", "wx1"),
+            ("x-request-id", "r-1"),
+            ("user-token", "t"),
+            ("x-request-id", "r-2"),
+        ]);
+        let found = scan(&headers);
+        let value = |v: Option<&HeaderValue>| v.map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(value(found.user_app).as_deref(), Some("wx1"));
+        assert_eq!(value(found.user_token).as_deref(), Some("t"));
+        assert_eq!(value(found.request_id).as_deref(), Some("r-1"));
+        assert_eq!(found.request_id, headers.get("x-request-id"));
+        assert_eq!(scan(&HeaderMap::new()).user_app, None);
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //!
 //! [`start_core`] builds the shared state and starts the background work; [`proxy_service`]
 //! is the Pingora proxy service on its listeners. `main` runs both under Pingora's `Server`
-//! ([`crate::process`]). [`spawn`] / [`spawn_with`] run the same two on a runtime of their own
+//! ([`crate::process`]). [`spawn`] / [`spawn_with`] run the same two on runtimes of their own
 //! with listeners the caller bound (tests bind port 0), handed over through Pingora's fd
 //! table: Pingora's `Server` owns the process (signals, `exit`), which a test cannot host.
+//! As under `Server`, the background work and the proxy get a runtime each, so the proxy's
+//! worker threads carry only requests (the load bench measures them).
 
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
@@ -152,19 +154,21 @@ pub async fn spawn_with(
     let thread = std::thread::Builder::new()
         .name("mpapi-gateway".into())
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads)
-                .thread_name("mpapi-worker")
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
+            let runtimes = runtime("mpapi-core", 1)
+                .and_then(|core| Ok((core, runtime("mpapi-worker", threads)?)));
+            let (core, workers) = match runtimes {
+                Ok(runtimes) => runtimes,
                 Err(error) => {
                     let _ = ready_tx.send(Err(StartError::Listener(error)));
                     return;
                 }
             };
-            let started = runtime.block_on(start(config, listeners, shutdown_rx.clone()));
+            let started = core.block_on(start(
+                config,
+                listeners,
+                shutdown_rx.clone(),
+                workers.handle(),
+            ));
             let (started, dispatcher) = match started {
                 Ok((state, dispatcher)) => (Ok(state), Some(dispatcher)),
                 Err(error) => (Err(error), None),
@@ -173,7 +177,7 @@ pub async fn spawn_with(
             let _ = ready_tx.send(started);
             if ok {
                 let mut shutdown = shutdown_rx;
-                runtime.block_on(async move {
+                core.block_on(async move {
                     while !*shutdown.borrow() {
                         if shutdown.changed().await.is_err() {
                             break;
@@ -182,14 +186,16 @@ pub async fn spawn_with(
                 });
             }
             if killed_in_thread.load(Ordering::SeqCst) {
-                runtime.shutdown_background();
+                workers.shutdown_background();
+                core.shutdown_background();
                 return;
             }
             if let Some(dispatcher) = dispatcher {
                 // Notification sends in flight finish (the dispatcher bounds the wait).
-                let _ = runtime.block_on(dispatcher);
+                let _ = core.block_on(dispatcher);
             }
-            runtime.shutdown_timeout(Duration::from_secs(5));
+            workers.shutdown_timeout(Duration::from_secs(5));
+            core.shutdown_timeout(Duration::from_secs(5));
         })?;
     let state = ready_rx
         .await
@@ -205,10 +211,22 @@ pub async fn spawn_with(
     })
 }
 
+/// A multi-threaded runtime of `threads` workers named `name`.
+fn runtime(name: &str, threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .enable_all()
+        .build()
+}
+
+/// Build the state and start the background work on the current runtime, and the proxy
+/// service on `workers`.
 async fn start(
     config: Config,
     listeners: Listeners,
     shutdown: watch::Receiver<bool>,
+    workers: &tokio::runtime::Handle,
 ) -> Result<(Arc<State>, JoinHandle<()>), StartError> {
     let server_conf = Arc::new(server_conf(&config));
     let (state, dispatcher) = start_core(config, shutdown.clone()).await?;
@@ -232,7 +250,7 @@ async fn start(
     let cell = Arc::new(OnceLock::from(state.clone()));
     let mut service = proxy_service(&server_conf, cell, plain, tls)?;
     let fds: ListenFds = Arc::new(Mutex::new(fds));
-    tokio::spawn(async move { service.start_service(Some(fds), shutdown, 1).await });
+    workers.spawn(async move { service.start_service(Some(fds), shutdown, 1).await });
     Ok((state, dispatcher))
 }
 

@@ -102,6 +102,11 @@ impl Gateway {
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
+    /// No downstream modules. Pingora's default is a compression module, disabled, that still
+    /// costs every request a module context and a call in each phase (about 1,200 instructions
+    /// by `scripts/instructions.sh`); mpapi compresses nothing.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         let observed = self
             .state

@@ -373,6 +373,9 @@ async fn hop_by_hop_headers_and_what_connection_names_never_reach_the_upstream()
             assert_eq!(received(&echo, name), None, "{name} was forwarded: {echo}");
         }
     }
+    // A `Connection` may not strip what the upstream relies on.
+    let refused = raw_exchange(app.addr, &request("Connection: close, X-Forwarded-For\r\n")).await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
     // The last request of a connection: `Connection: close` is not forwarded either.
     let last = raw_exchange(app.addr, &request("Connection: close\r\n")).await;
     let echo = echo_of(&last);

@@ -384,6 +384,32 @@ async fn hop_by_hop_headers_and_what_connection_names_never_reach_the_upstream()
     app.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_reach_the_upstream_whatever_their_framing() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!("POST /app/orders HTTP/1.1\r\nHost: x\r\nUser-App: {APPID}\r\n");
+    let requests = [
+        // No hop-by-hop header: Pingora's sanitation is skipped.
+        format!("{head}Content-Length: 11\r\n\r\nhello=world"),
+        // Only `Connection`: the gateway drops it itself.
+        format!("{head}Connection: keep-alive\r\nContent-Length: 11\r\n\r\nhello=world"),
+        // Chunked: the standard policy strips `Transfer-Encoding` and Pingora frames the body.
+        format!("{head}Transfer-Encoding: chunked\r\n\r\n6\r\nhello=\r\n5\r\nworld\r\n0\r\n\r\n"),
+    ];
+    for request in requests {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let response = read_response(&mut stream).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        let (_, body) = response.split_once("\r\n\r\n").unwrap();
+        let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(echo["method"], "POST", "{echo}");
+        assert_eq!(echo["body"], "hello=world", "{request:?}: {echo}");
+        assert_eq!(received(&echo, "connection"), None, "{echo}");
+    }
+    app.stop().await;
+}
+
 /// Send `request` on a new connection and read until it closes.
 async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -386,9 +386,10 @@ pub fn prepare_upstream_request(request: &mut RequestHeader, ctx: &RequestCtx) -
 /// Drop the map of the client's header-name case from a request about to be proxied.
 ///
 /// Pingora copies the client's request for the upstream, both maps of it, and
-/// [`prepare_upstream_request`] then drops the copy's case map, unused: without one to copy,
-/// a request costs about 1,000 instructions less (`scripts/instructions.sh`). Nothing reads
-/// the case after this point; mpapi's own answers and logs read names case-insensitively.
+/// [`prepare_upstream_request`] then drops the copy's case map, unused. Copying and dropping
+/// it cost about 1,100 instructions; taking the request apart here costs 650, so a request
+/// costs 450 fewer (`scripts/instructions.sh`). Nothing reads the case after this point:
+/// mpapi's own answers and logs read names case-insensitively.
 fn forget_header_case(request: &mut RequestHeader) {
     if !request.has_case() {
         return;

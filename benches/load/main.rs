@@ -860,12 +860,13 @@ fn dispatch_row(name: &str, threads: usize, run: dispatch::Dispatched) -> Row {
         p50_ms: f64::NAN,
         p99_ms: f64::NAN,
         ratio: None,
+        ratio_quartiles: None,
         p99_over_bare_ms: None,
         answered: run.sent,
         failed: run.failures.len() as u64,
         failures: run.failures,
         store_queries: Some(run.queries),
-        cpu_us: run.cpu_us,
+        cpu_us: Some(run.cpu_us),
         generator_cpu_us: None,
         rounds_per_second: vec![run.per_second.round()],
     }
@@ -891,16 +892,10 @@ fn rows(list: &[Scenario]) -> Vec<Row> {
                 per_second: median(rounds.iter().map(|r| r.per_second)),
                 p50_ms: median(rounds.iter().map(|r| r.p50_ms)),
                 p99_ms: median(rounds.iter().map(|r| r.p99_ms)),
-                cpu_us: median(rounds.iter().map(|r| r.cpu_us)),
+                cpu_us: Some(median(rounds.iter().map(|r| r.cpu_us))),
                 generator_cpu_us: Some(median(rounds.iter().map(|r| r.generator_cpu_us))),
-                ratio: paired.map(|bare| {
-                    median(
-                        rounds
-                            .iter()
-                            .zip(bare)
-                            .map(|(r, b)| r.per_second / b.per_second),
-                    )
-                }),
+                ratio: paired.map(|bare| median(round_ratios(rounds, bare))),
+                ratio_quartiles: paired.map(|bare| quartiles(round_ratios(rounds, bare))),
                 p99_over_bare_ms: paired
                     .map(|bare| median(rounds.iter().zip(bare).map(|(r, b)| r.p99_ms - b.p99_ms))),
                 answered: scenario.outcome.answered,
@@ -911,6 +906,25 @@ fn rows(list: &[Scenario]) -> Vec<Row> {
             }
         })
         .collect()
+}
+
+/// Each round's requests/s over the bare pass-through's in the same round.
+fn round_ratios<'a>(rounds: &'a [Round], bare: &'a [Round]) -> impl Iterator<Item = f64> + 'a {
+    rounds
+        .iter()
+        .zip(bare)
+        .map(|(r, b)| r.per_second / b.per_second)
+}
+
+/// The first and third quartile (nearest rank).
+fn quartiles(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let mut values: Vec<f64> = values.collect();
+    if values.is_empty() {
+        return (0.0, 0.0);
+    }
+    values.sort_by(f64::total_cmp);
+    let last = values.len() - 1;
+    (values[last / 4], values[(3 * last).div_ceil(4)])
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {
@@ -937,12 +951,19 @@ fn print_targets(rows: &[Row]) {
                     (Some(ratio), Some(over)) => Some((
                         ratio >= 0.95 && over <= 0.2,
                         format!(
-                            "≥ 0.95 × bare and p99 ≤ bare + 0.2 ms: {ratio:.3} ×, {over:+.3} ms"
+                            "≥ 0.95 × bare and p99 ≤ bare + 0.2 ms: {ratio:.3} ×{}, {over:+.3} ms",
+                            spread(row)
                         ),
                     )),
                     _ => None,
                 }
             }
+            "anonymous" => row.ratio.map(|ratio| {
+                (
+                    ratio >= 0.97,
+                    format!("≥ 0.97 × bare: {ratio:.3} ×{}", spread(row)),
+                )
+            }),
             "guessed tokens (401)" | "retired tokens (401)" => row.ratio.map(|ratio| {
                 (
                     ratio >= 0.8,
@@ -967,6 +988,14 @@ fn print_targets(rows: &[Row]) {
             );
         }
     }
+}
+
+/// The middle half of a row's round ratios, for a verdict's text.
+fn spread(row: &Row) -> String {
+    row.ratio_quartiles
+        .map_or(String::new(), |(q1, q3)| {
+            format!(" (middle half of rounds {q1:.3}–{q3:.3})")
+        })
 }
 
 /// Any failed request fails the run.
@@ -1015,12 +1044,13 @@ async fn self_test(upstream: SocketAddr, sim_addr: SocketAddr) {
         p50_ms: outcome.percentile_ms(50),
         p99_ms: outcome.percentile_ms(99),
         ratio: None,
+        ratio_quartiles: None,
         p99_over_bare_ms: None,
         answered: outcome.answered,
         failed: outcome.failed,
         failures: outcome.failures.clone(),
         store_queries: None,
-        cpu_us: 0.0,
+        cpu_us: None,
         generator_cpu_us: None,
         rounds_per_second: Vec::new(),
     };

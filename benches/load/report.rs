@@ -15,6 +15,9 @@ pub struct Row {
     pub p99_ms: f64,
     /// Requests per second relative to the bare pass-through with the same thread count.
     pub ratio: Option<f64>,
+    /// The middle half of the rounds' ratios (first and third quartile): how far one run's
+    /// ratio can be trusted on this machine.
+    pub ratio_quartiles: Option<(f64, f64)>,
     /// p99 minus the bare pass-through's p99.
     pub p99_over_bare_ms: Option<f64>,
     pub answered: u64,
@@ -22,8 +25,9 @@ pub struct Row {
     pub failures: Vec<String>,
     /// Store statements executed while the scenario ran (None for the bare proxy).
     pub store_queries: Option<u64>,
-    /// CPU time of the proxy's worker threads per request, in microseconds.
-    pub cpu_us: f64,
+    /// CPU time of the proxy's worker threads per request, in microseconds (None for rows
+    /// that do not measure it).
+    pub cpu_us: Option<f64>,
     /// CPU time of the load generator per request, in microseconds (None for rows that are
     /// not request loads).
     pub generator_cpu_us: Option<f64>,
@@ -65,12 +69,13 @@ pub fn table(rows: &[Row]) -> String {
             .p99_over_bare_ms
             .map_or("—".into(), |d| format!("{d:+.3}"));
         let queries = row.store_queries.map_or("—".into(), |q| q.to_string());
+        let proxy = row.cpu_us.map_or("—".into(), |us| format!("{us:.1}"));
         let generator = row
             .generator_cpu_us
             .map_or("—".into(), |us| format!("{us:.1}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {:.1} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             row.scenario,
             row.threads,
             row.per_second,
@@ -78,7 +83,7 @@ pub fn table(rows: &[Row]) -> String {
             millis(row.p99_ms),
             ratio,
             over,
-            row.cpu_us,
+            proxy,
             generator,
             queries
         );
@@ -104,6 +109,7 @@ pub fn write_json(rows: &[Row], context: Value, file: &str) -> std::io::Result<P
                 "p50_ms": row.p50_ms,
                 "p99_ms": row.p99_ms,
                 "ratio_to_bare": row.ratio,
+                "ratio_to_bare_quartiles": row.ratio_quartiles.map(|(q1, q3)| [q1, q3]),
                 "p99_over_bare_ms": row.p99_over_bare_ms,
                 "answered": row.answered,
                 "failed": row.failed,

@@ -992,10 +992,9 @@ fn print_targets(rows: &[Row]) {
 
 /// The middle half of a row's round ratios, for a verdict's text.
 fn spread(row: &Row) -> String {
-    row.ratio_quartiles
-        .map_or(String::new(), |(q1, q3)| {
-            format!(" (middle half of rounds {q1:.3}–{q3:.3})")
-        })
+    row.ratio_quartiles.map_or(String::new(), |(q1, q3)| {
+        format!(" (middle half of rounds {q1:.3}–{q3:.3})")
+    })
 }
 
 /// Any failed request fails the run.

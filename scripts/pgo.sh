@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 
 llvm=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 profdata=$(command -v "llvm-profdata-$llvm" || true)
-[ -n "$profdata" ] || [ ! -x "/usr/lib/llvm-$llvm/bin/llvm-profdata" ] || profdata=/usr/lib/llvm-$llvm/bin/llvm-profdata
+if [ -z "$profdata" ] && [ -x "/usr/lib/llvm-$llvm/bin/llvm-profdata" ]; then
+  profdata=/usr/lib/llvm-$llvm/bin/llvm-profdata
+fi
 if [ -z "$profdata" ]; then
   echo "mpapi: installing llvm-$llvm (llvm-profdata for rustc's LLVM $llvm)" >&2
   SUDO=""

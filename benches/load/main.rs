@@ -15,7 +15,9 @@
 //!
 //! Knobs (environment): `MPAPI_LOAD_SECONDS` per measured run (1), `MPAPI_LOAD_ROUNDS` (7),
 //! `MPAPI_LOAD_CONNECTIONS` (32), `MPAPI_TEST_POSTGRES_URL` to add PostgreSQL logins. Words
-//! after `--` keep only the scenarios whose name contains one of them.
+//! after `--` keep only the scenarios whose name contains one of them; a word that starts with
+//! `=` keeps the scenario of exactly that name (`-- "=bare pass-through" "=cached token"`: the
+//! pair a long run of many rounds needs, without the rows whose names contain it).
 //!
 //! Run without `--bench` (as `cargo test --all-targets` does) it is a test, not a bench: a
 //! short smoke run of every scenario, plus a check that the generator counts non-2xx answers.
@@ -103,7 +105,11 @@ impl Plan {
     }
 
     fn wants(&self, name: &str) -> bool {
-        self.filter.is_empty() || self.filter.iter().any(|word| name.contains(word.as_str()))
+        self.filter.is_empty()
+            || self.filter.iter().any(|word| match word.strip_prefix('=') {
+                Some(exact) => name == exact,
+                None => name.contains(word.as_str()),
+            })
     }
 }
 

@@ -14,7 +14,8 @@
 //! Every row shows the load generator's own CPU per request next to the proxy's.
 //!
 //! Knobs (environment): `MPAPI_LOAD_SECONDS` per measured run (1), `MPAPI_LOAD_ROUNDS` (7),
-//! `MPAPI_LOAD_CONNECTIONS` (32), `MPAPI_TEST_POSTGRES_URL` to add PostgreSQL logins. Words
+//! `MPAPI_LOAD_CONNECTIONS` (32), `MPAPI_LOAD_SESSIONS` (1,000 live sessions the cached-token
+//! rows rotate over), `MPAPI_TEST_POSTGRES_URL` to add PostgreSQL logins. Words
 //! after `--` keep only the scenarios whose name contains one of them; a word that starts with
 //! `=` keeps the scenario of exactly that name (`-- "=bare pass-through" "=cached token"`: the
 //! pair a long run of many rounds needs, without the rows whose names contain it).
@@ -75,7 +76,7 @@ impl Plan {
             run: Duration::from_secs_f64(env_number("MPAPI_LOAD_SECONDS", 1) as f64),
             rounds: env_number("MPAPI_LOAD_ROUNDS", 7),
             warmup: Duration::from_secs(1),
-            live: 1_000,
+            live: env_number("MPAPI_LOAD_SESSIONS", 1_000),
             overflow: 20_000,
             small_cache: 1_000,
             login_users: 50_000,
@@ -152,6 +153,9 @@ struct Round {
     cpu_us: f64,
     /// CPU time the load generator spent per answered request, in microseconds.
     generator_cpu_us: f64,
+    /// CPU time the upstream (and the simulator, which shares its threads) spent per answered
+    /// request, in microseconds.
+    upstream_cpu_us: f64,
 }
 
 /// What sends a scenario's requests.
@@ -167,6 +171,8 @@ enum Driver {
 
 /// Name prefix of the bench's own generator threads.
 const GENERATOR_THREADS: &str = "load-client";
+/// Name prefix of the threads of the upstream and the WeChat simulator.
+const UPSTREAM_THREADS: &str = "backends";
 const BARE: &str = "bare pass-through";
 const BARE_WRK: &str = "bare pass-through, wrk";
 const BARE_TLS: &str = "bare pass-through, TLS, wrk";
@@ -203,7 +209,7 @@ fn main() {
     // The generator and everything the bench itself awaits run here; the upstream and the
     // simulator have a runtime of their own; each proxy starts its own.
     let client = runtime("load-client", 2);
-    let backends = runtime("backends", 2);
+    let backends = runtime(UPSTREAM_THREADS, 2);
     let upstream = upstream::start(&backends);
     let simulator = world::simulator();
     let sim_addr = backends.block_on(async {
@@ -548,7 +554,7 @@ fn main() {
             let (outcome, round_figures) = measure(&client, scenario);
             scenario.queries += scenario.store.as_ref().map_or(0, |s| s.query_count()) - before;
             println!(
-                "round {}/{}: {:<24} {} thread(s): {:>8.0} req/s, {:>5.1} µs CPU/req (generator {:>4.1}), {} failed",
+                "round {}/{}: {:<24} {} thread(s): {:>8.0} req/s, {:>5.1} µs CPU/req (generator {:>4.1}, upstream {:>4.1}), {} failed",
                 round + 1,
                 plan.rounds,
                 scenario.name,
@@ -556,6 +562,7 @@ fn main() {
                 round_figures.per_second,
                 round_figures.cpu_us,
                 round_figures.generator_cpu_us,
+                round_figures.upstream_cpu_us,
                 outcome.failed
             );
             scenario.rounds.push(round_figures);
@@ -682,10 +689,12 @@ fn main() {
     }
 }
 
-/// One measured run of `scenario`, with the CPU time its proxy and its generator spent.
+/// One measured run of `scenario`, with the CPU time its proxy, its generator and the
+/// upstream spent.
 fn measure(client: &tokio::runtime::Runtime, scenario: &Scenario) -> (Outcome, Round) {
     let load = &scenario.load;
     let proxy_before = scenario.proxy_cpu.used_us();
+    let upstream_before = cpu::threads_us(UPSTREAM_THREADS);
     let (mut outcome, p50_ms, p99_ms, generator_us) = match &scenario.driver {
         Driver::Hyper => {
             let generator_before = cpu::threads_us(GENERATOR_THREADS);
@@ -712,6 +721,7 @@ fn measure(client: &tokio::runtime::Runtime, scenario: &Scenario) -> (Outcome, R
         }
     };
     let proxy_us = scenario.proxy_cpu.used_us() - proxy_before;
+    let upstream_us = cpu::threads_us(UPSTREAM_THREADS) - upstream_before;
     outcome.latencies_us = Vec::new();
     let answered = outcome.answered.max(1) as f64;
     let round = Round {
@@ -720,6 +730,7 @@ fn measure(client: &tokio::runtime::Runtime, scenario: &Scenario) -> (Outcome, R
         p99_ms,
         cpu_us: proxy_us as f64 / answered,
         generator_cpu_us: generator_us / answered,
+        upstream_cpu_us: upstream_us as f64 / answered,
     };
     (outcome, round)
 }
@@ -874,6 +885,7 @@ fn dispatch_row(name: &str, threads: usize, run: dispatch::Dispatched) -> Row {
         store_queries: Some(run.queries),
         cpu_us: Some(run.cpu_us),
         generator_cpu_us: None,
+        upstream_cpu_us: None,
         rounds_per_second: vec![run.per_second.round()],
     }
 }
@@ -900,6 +912,7 @@ fn rows(list: &[Scenario]) -> Vec<Row> {
                 p99_ms: median(rounds.iter().map(|r| r.p99_ms)),
                 cpu_us: Some(median(rounds.iter().map(|r| r.cpu_us))),
                 generator_cpu_us: Some(median(rounds.iter().map(|r| r.generator_cpu_us))),
+                upstream_cpu_us: Some(median(rounds.iter().map(|r| r.upstream_cpu_us))),
                 ratio: paired.map(|bare| median(round_ratios(rounds, bare))),
                 ratio_quartiles: paired.map(|bare| quartiles(round_ratios(rounds, bare))),
                 p99_over_bare_ms: paired
@@ -1057,6 +1070,7 @@ async fn self_test(upstream: SocketAddr, sim_addr: SocketAddr) {
         store_queries: None,
         cpu_us: None,
         generator_cpu_us: None,
+        upstream_cpu_us: None,
         rounds_per_second: Vec::new(),
     };
     assert!(verdict(&[row]).is_err(), "a run with failures must fail");

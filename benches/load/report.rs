@@ -31,6 +31,11 @@ pub struct Row {
     /// CPU time of the load generator per request, in microseconds (None for rows that are
     /// not request loads).
     pub generator_cpu_us: Option<f64>,
+    /// CPU time of the upstream (and the simulator, on the same threads) per request, in
+    /// microseconds: on a machine whose cores the proxy shares with the generator and the
+    /// upstream, a bigger upstream request costs requests/s here that it would not cost with
+    /// the upstream on another machine.
+    pub upstream_cpu_us: Option<f64>,
     /// Requests per second of each round, in order.
     pub rounds_per_second: Vec<f64>,
 }
@@ -60,9 +65,9 @@ pub fn machine() -> Value {
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     out.push_str(
-        "| scenario | threads | requests/s | p50 ms | p99 ms | × bare | p99 − bare ms | proxy CPU µs/req | generator CPU µs/req | store queries |\n",
+        "| scenario | threads | requests/s | p50 ms | p99 ms | × bare | p99 − bare ms | proxy CPU µs/req | generator CPU µs/req | upstream CPU µs/req | store queries |\n",
     );
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for row in rows {
         let ratio = row.ratio.map_or("—".into(), |r| format!("{r:.3}"));
         let over = row
@@ -73,9 +78,12 @@ pub fn table(rows: &[Row]) -> String {
         let generator = row
             .generator_cpu_us
             .map_or("—".into(), |us| format!("{us:.1}"));
+        let upstream = row
+            .upstream_cpu_us
+            .map_or("—".into(), |us| format!("{us:.1}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.scenario,
             row.threads,
             row.per_second,
@@ -85,6 +93,7 @@ pub fn table(rows: &[Row]) -> String {
             over,
             proxy,
             generator,
+            upstream,
             queries
         );
     }
@@ -117,6 +126,7 @@ pub fn write_json(rows: &[Row], context: Value, file: &str) -> std::io::Result<P
                 "store_queries": row.store_queries,
                 "proxy_cpu_us_per_request": row.cpu_us,
                 "generator_cpu_us_per_request": row.generator_cpu_us,
+                "upstream_cpu_us_per_request": row.upstream_cpu_us,
                 "rounds_requests_per_second": row.rounds_per_second,
             })
         })

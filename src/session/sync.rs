@@ -7,11 +7,15 @@
 //!   nothing cached before the gap is trusted.
 //! - MySQL: the `session_changes` table, read every `session.sync_interval_ms` from the last id
 //!   seen (an indexed range read); rows older than [`KEEP_CHANGES`] are purged. A node that
-//!   could not read for longer than that forgets its whole cache.
+//!   could not read for longer than that forgets its whole cache. Ids are taken when a row is
+//!   inserted and become visible when it commits, so a change can appear after a later id
+//!   was read: the ids a read skipped are asked for again, by primary key, for
+//!   [`LATE_CHANGES`] (see [`Cursor`]).
 //! - SQLite: one node, nothing to hear.
 //!
 //! `session.cache_ttl_seconds` stays the backstop for anything missed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +34,52 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 const RETRY: Duration = Duration::from_secs(1);
 /// Most changes read per poll.
 const BATCH: i64 = 1_000;
+/// How long an id that a read skipped is asked for again. A change's row commits within
+/// milliseconds of taking its id; an id still absent after this was never used (a failed
+/// insert, or `auto_increment_increment` above 1).
+const LATE_CHANGES: Duration = Duration::from_secs(10);
+/// Most skipped ids kept; beyond it the oldest are given up.
+const MAX_SKIPPED: usize = 500;
+
+/// Where a MySQL node is in the changes table: the highest id read, and the lower ids it has
+/// not seen yet, each with when it was first missed.
+#[derive(Debug)]
+struct Cursor {
+    last_seen: i64,
+    skipped: BTreeMap<i64, Instant>,
+}
+
+impl Cursor {
+    fn new(last_seen: i64) -> Self {
+        Self {
+            last_seen,
+            skipped: BTreeMap::new(),
+        }
+    }
+
+    /// Note a change read now; ids between the last one seen and it are missing so far.
+    fn saw(&mut self, id: i64, now: Instant) {
+        if id > self.last_seen {
+            let from = (self.last_seen + 1).max(id - MAX_SKIPPED as i64);
+            for missing in from..id {
+                self.skipped.insert(missing, now);
+            }
+            self.last_seen = id;
+            while self.skipped.len() > MAX_SKIPPED {
+                self.skipped.pop_first();
+            }
+        } else {
+            self.skipped.remove(&id);
+        }
+    }
+
+    /// The skipped ids to ask for again, after giving up those missed for too long.
+    fn still_missing(&mut self, now: Instant) -> Vec<i64> {
+        self.skipped
+            .retain(|_, missed| now.duration_since(*missed) < LATE_CHANGES);
+        self.skipped.keys().copied().collect()
+    }
+}
 
 /// Hear the other nodes' session changes until shutdown.
 pub async fn run(state: Arc<State>, shutdown: watch::Receiver<bool>) {
@@ -98,7 +148,7 @@ async fn connect(url: &str) -> Result<PgListener, sqlx::Error> {
 async fn poll(state: &State, mut shutdown: watch::Receiver<bool>) {
     let interval = state.config.session.sync_interval;
     let store = &state.store;
-    let mut last_seen = loop {
+    let last_seen = loop {
         match store.last_session_change().await {
             Ok(id) => break id,
             Err(error) => {
@@ -109,10 +159,11 @@ async fn poll(state: &State, mut shutdown: watch::Receiver<bool>) {
             }
         }
     };
+    let mut cursor = Cursor::new(last_seen);
     let mut last_read = Instant::now();
     let mut last_purge = Instant::now();
     while pause(interval, &mut shutdown).await {
-        match store.session_changes_after(last_seen, BATCH).await {
+        match store.session_changes_after(cursor.last_seen, BATCH).await {
             Ok(changes) => {
                 if last_read.elapsed() > KEEP_CHANGES {
                     // Changes may have been purged unread while the store was away.
@@ -120,13 +171,28 @@ async fn poll(state: &State, mut shutdown: watch::Receiver<bool>) {
                 }
                 last_read = Instant::now();
                 for change in changes {
-                    last_seen = last_seen.max(change.id);
+                    cursor.saw(change.id, last_read);
                     state
                         .sessions
                         .apply_change(&change.origin, &change.token_hash);
                 }
             }
             Err(error) => tracing::warn!(%error, "session changes: cannot read"),
+        }
+        let missing = cursor.still_missing(Instant::now());
+        if !missing.is_empty() {
+            match store.session_changes_among(&missing).await {
+                Ok(late) => {
+                    for change in late {
+                        tracing::debug!(id = change.id, "session changes: a late change");
+                        cursor.saw(change.id, Instant::now());
+                        state
+                            .sessions
+                            .apply_change(&change.origin, &change.token_hash);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "session changes: cannot read"),
+            }
         }
         if last_purge.elapsed() >= PURGE_EVERY {
             last_purge = Instant::now();
@@ -135,5 +201,43 @@ async fn poll(state: &State, mut shutdown: watch::Receiver<bool>) {
                 tracing::warn!(%error, "session changes: cannot purge");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_a_read_skipped_are_asked_for_until_seen() {
+        let now = Instant::now();
+        let mut cursor = Cursor::new(10);
+        cursor.saw(11, now);
+        cursor.saw(14, now);
+        assert_eq!(cursor.last_seen, 14);
+        assert_eq!(cursor.still_missing(now), vec![12, 13]);
+        cursor.saw(13, now);
+        assert_eq!(cursor.still_missing(now), vec![12]);
+        assert_eq!(cursor.last_seen, 14);
+    }
+
+    #[test]
+    fn an_id_missing_for_longer_than_a_late_change_takes_is_given_up() {
+        let then = Instant::now();
+        let mut cursor = Cursor::new(0);
+        cursor.saw(3, then);
+        let later = then + LATE_CHANGES;
+        assert!(cursor.still_missing(later).is_empty());
+    }
+
+    #[test]
+    fn a_jump_in_ids_keeps_only_the_latest_skipped() {
+        let now = Instant::now();
+        let mut cursor = Cursor::new(0);
+        cursor.saw(1_000_000, now);
+        let missing = cursor.still_missing(now);
+        assert_eq!(missing.len(), MAX_SKIPPED);
+        assert_eq!(missing.first(), Some(&(1_000_000 - MAX_SKIPPED as i64)));
+        assert_eq!(missing.last(), Some(&999_999));
     }
 }

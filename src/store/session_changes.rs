@@ -74,15 +74,29 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(SessionChange {
-                    id: row.try_get("id")?,
-                    origin: row.try_get("origin")?,
-                    token_hash: row.try_get("token_hash")?,
-                })
-            })
-            .collect()
+        rows.iter().map(change_of).collect()
+    }
+
+    /// The changes among `ids` that exist now (ids a reader skipped because their rows had not
+    /// committed yet when later ones had). One primary-key read.
+    pub async fn session_changes_among(
+        &self,
+        ids: &[i64],
+    ) -> Result<Vec<SessionChange>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.count_background(1);
+        let marks = vec!["?"; ids.len()].join(", ");
+        let sql = self.dialect.sql(&format!(
+            "SELECT id, origin, token_hash FROM session_changes WHERE id IN ({marks}) ORDER BY id"
+        ));
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(change_of).collect()
     }
 
     /// Delete changes written before `before` (unix seconds); every node has read them.
@@ -98,4 +112,12 @@ impl Store {
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+fn change_of(row: &sqlx::any::AnyRow) -> Result<SessionChange, StoreError> {
+    Ok(SessionChange {
+        id: row.try_get("id")?,
+        origin: row.try_get("origin")?,
+        token_hash: row.try_get("token_hash")?,
+    })
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use mpapi::server::RunningGateway;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use sqlx::{Connection as _, Row as _};
 
 use crate::helpers::*;
 
@@ -188,6 +189,63 @@ async fn after_the_listening_connection_is_cut_changes_are_still_seen() {
     let second = body["data"]["token"].as_str().unwrap().to_string();
 
     retired_on(b.addr, &first, &second).await;
+    b.stop().await;
+    a.stop().await;
+}
+
+/// MySQL: a change row takes its id when inserted and becomes visible when it commits, so a
+/// node can read a later change before an earlier one. Here a logout's change commits after
+/// another's that was inserted later: the node that already read past it still hears of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_commits_after_a_later_one_is_still_seen() {
+    if !Db::MySql.available() {
+        return;
+    }
+    let (a, b) = cluster(Db::MySql).await;
+    let erin = a.login("erin").await;
+    let frank = a.login("frank").await;
+    assert_eq!(status_on(b.addr, &erin).await, StatusCode::OK);
+    assert_eq!(status_on(b.addr, &frank).await, StatusCode::OK);
+
+    // Erin is logged out by a transaction that takes its change's id and stays open...
+    let mut conn = a.database.connect().await;
+    let row = sqlx::query("SELECT id, token_hash FROM users WHERE openid = 'erin'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let (id, hash): (i64, String) = (row.get(0), row.get(1));
+    let mut slow = conn.begin().await.unwrap();
+    sqlx::query("UPDATE users SET token_hash = NULL WHERE id = ?")
+        .bind(id)
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO session_changes (origin, token_hash, created_at) VALUES (?, ?, ?)")
+        .bind("another-node")
+        .bind(&hash)
+        .bind(mpapi::types::unix_now())
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+
+    // ... while Frank's logout, with the next id, commits and is read by B.
+    let (status, body) = call_at(a.addr, Method::POST, "/logout", &frank, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    seen_within(b.addr, &frank, |status, _| {
+        status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert_eq!(
+        status_on(b.addr, &erin).await,
+        StatusCode::OK,
+        "erin's logout is not committed yet"
+    );
+
+    slow.commit().await.unwrap();
+    seen_within(b.addr, &erin, |status, _| {
+        status == StatusCode::UNAUTHORIZED
+    })
+    .await;
     b.stop().await;
     a.stop().await;
 }

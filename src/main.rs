@@ -47,21 +47,27 @@ enum Command {
     },
 }
 
-/// Log lines go to stderr, as text or (`log.format: json`) one JSON object per line.
+/// Log lines go to stderr, as text or (`log.format: json`) one JSON object per line; Pingora's
+/// own lines join them through [`mpapi::observe::pingora_log`].
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
-    if json {
-        builder
-            .json()
-            .flatten_event(false)
-            .with_current_span(true)
-            .init();
+    let set = if json {
+        tracing::subscriber::set_global_default(
+            builder
+                .json()
+                .flatten_event(false)
+                .with_current_span(true)
+                .finish(),
+        )
     } else {
-        builder.init();
+        tracing::subscriber::set_global_default(builder.finish())
+    };
+    if set.is_ok() {
+        let _ = mpapi::observe::pingora_log::install();
     }
 }
 

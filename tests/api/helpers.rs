@@ -463,17 +463,21 @@ pub fn logs() -> String {
 
 static LOGS: OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = OnceLock::new();
 
-/// Route all tracing output (and Pingora's `log` output) into [`logs`], at debug level for mpapi.
-fn capture_logs() {
+/// Route all tracing output (and Pingora's `log` output, as the binary routes it) into
+/// [`logs`], at debug level for mpapi.
+pub fn capture_logs() {
     let buffer = LOGS
         .get_or_init(|| Arc::new(std::sync::Mutex::new(Vec::new())))
         .clone();
     let writer = move || LogWriter(buffer.clone());
-    let _ = tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info,mpapi=debug"))
         .with_writer(writer)
         .with_ansi(false)
-        .try_init();
+        .finish();
+    if tracing::subscriber::set_global_default(subscriber).is_ok() {
+        mpapi::observe::pingora_log::install().unwrap();
+    }
 }
 
 struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);

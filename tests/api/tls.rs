@@ -196,6 +196,7 @@ async fn reloaded_certificates_serve_new_handshakes_without_a_restart() {
 
 #[tokio::test]
 async fn plain_http_or_an_unknown_name_on_the_tls_port_fails_only_that_connection() {
+    crate::helpers::capture_logs();
     let Some(world) = TlsWorld::start().await else {
         return;
     };
@@ -219,6 +220,7 @@ async fn plain_http_or_an_unknown_name_on_the_tls_port_fails_only_that_connectio
         .send()
         .await;
     assert!(unknown.is_err(), "no certificate for an unknown name");
+    handshake_failures_are_logged_at_info().await;
 
     let response = world
         .client(HOST)
@@ -233,6 +235,31 @@ async fn plain_http_or_an_unknown_name_on_the_tls_port_fails_only_that_connectio
         "the listener still serves"
     );
     world.stop().await;
+}
+
+/// Pingora's line for a client's failed handshake arrives, at INFO, and no such line is an
+/// ERROR (the client's doing: see `mpapi::observe::pingora_log`).
+async fn handshake_failures_are_logged_at_info() {
+    let lines = || -> Vec<String> {
+        crate::helpers::logs()
+            .lines()
+            .filter(|line| line.contains("Downstream handshake"))
+            .map(str::to_string)
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    while lines().is_empty() && started.elapsed() < std::time::Duration::from_secs(2) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let lines = lines();
+    assert!(
+        lines.iter().any(|line| line.contains(" INFO ")),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|line| line.contains("ERROR")),
+        "{lines:#?}"
+    );
 }
 
 /// `mpapi -t` on a file whose `server:` section is `server`; returns success and stderr.

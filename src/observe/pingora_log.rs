@@ -1,0 +1,53 @@
+//! Pingora's own log lines, which it writes through the `log` crate, bridged into `tracing` as
+//! `tracing-subscriber` would bridge them, with one correction.
+//!
+//! Pingora reports a client whose TLS handshake fails or times out at ERROR, under the same
+//! target as a failed `accept()`. On a port open to the internet that is every scanner, every
+//! TCP probe of the TLS port and every client that gives up: the client's doing, nothing an
+//! operator can act on, yet it trips alerts on ERROR lines. Those lines are logged at INFO,
+//! as nginx logs a failed SSL handshake; every other line keeps its level.
+
+use tracing_log::{AsLog, LogTracer};
+
+/// Where Pingora logs a downstream handshake that failed or timed out.
+const LISTENING: &str = "pingora_core::services::listening";
+/// How those lines begin ("Downstream handshake error from …", "… timeout").
+const HANDSHAKE: &str = "Downstream handshake";
+
+struct Bridge(LogTracer);
+
+impl log::Log for Bridge {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if record.level() == log::Level::Error && record.target() == LISTENING {
+            let text = record.args().to_string();
+            if text.starts_with(HANDSHAKE) {
+                self.0.log(
+                    &log::Record::builder()
+                        .level(log::Level::Info)
+                        .target(record.target())
+                        .module_path(record.module_path())
+                        .file(record.file())
+                        .line(record.line())
+                        .args(format_args!("{text}"))
+                        .build(),
+                );
+                return;
+            }
+        }
+        self.0.log(record);
+    }
+
+    fn flush(&self) {}
+}
+
+/// Route `log` records into `tracing`. Call once, after the global `tracing` subscriber is set
+/// (its level becomes the `log` crate's); fails when a `log` logger is already installed.
+pub fn install() -> Result<(), log::SetLoggerError> {
+    log::set_boxed_logger(Box::new(Bridge(LogTracer::new())))?;
+    log::set_max_level(tracing::level_filters::LevelFilter::current().as_log());
+    Ok(())
+}

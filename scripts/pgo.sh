@@ -4,6 +4,11 @@
 # cached-token and anonymous requests, then one short run of every scenario: logins, native
 # endpoints, unknown tokens, TLS), and merge the counts. Run it after changes to the request
 # path and commit the result; functions changed since the last profile build without counts.
+# Run it, too, after any change to Cargo.toml's dependencies or to Cargo.lock (tests/build.rs
+# says when): Cargo names every compiled function after its crate's dependency graph, so after
+# such a change no function of the shipped binary has the profile's name any more.
+# Ends by building the shipped binary with the new profile and counting how many of mpapi's
+# functions in it the profile names (none, and the profile would do nothing for users).
 # Needs llvm-profdata of rustc's LLVM version (apt package llvm-N; installed when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,5 +43,25 @@ done
 "$bench" >/dev/null
 mkdir -p pgo
 "$profdata" merge --sparse -o pgo/mpapi.profdata "$raw"
-echo "$llvm" > pgo/llvm-major
-echo "pgo/mpapi.profdata: $(du -h pgo/mpapi.profdata | cut -f1), for LLVM $llvm and newer" >&2
+# What the profile was made from; tests/build.rs compares the Cargo files' digests (Cargo.toml
+# without blank lines, comment lines or indentation).
+{
+  echo "# What pgo/mpapi.profdata was made from (scripts/pgo.sh); tests/build.rs checks the digests."
+  rustc -V
+  echo "Cargo.toml $(sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' -e '/^#/d' -e '/^$/d' Cargo.toml | sha256sum | cut -d' ' -f1)"
+  echo "Cargo.lock $(sha256sum Cargo.lock | cut -d' ' -f1)"
+} > pgo/made-from
+echo "pgo/mpapi.profdata: $(du -h pgo/mpapi.profdata | cut -f1), for $(rustc -V)" >&2
+
+# The shipped binary with the new profile: how many of mpapi's own functions in it the profile
+# has counts for (function names as the linker keeps them; inlined ones are not counted).
+env -u CARGO_TARGET_DIR MPAPI_PGO=on cargo build --release
+mpapi_functions() { grep -o '_ZN[A-Za-z0-9_$.]*17h[0-9a-f]\{16\}E' | grep mpapi | sort -u; }
+shipped=$(nm target/release/mpapi | mpapi_functions | wc -l)
+covered=$(comm -12 <("$profdata" show --all-functions pgo/mpapi.profdata | mpapi_functions) \
+  <(nm target/release/mpapi | mpapi_functions) | wc -l)
+echo "target/release/mpapi: the profile names $covered of the $shipped mpapi functions in it" >&2
+if [ $((covered * 4)) -lt "$shipped" ]; then
+  echo "mpapi: the profile does not match the shipped binary's functions (see tests/build.rs)" >&2
+  exit 1
+fi

@@ -2,17 +2,21 @@
 //! `tracing-subscriber` would bridge them, with one correction.
 //!
 //! Pingora reports a client whose TLS handshake fails or times out at ERROR, under the same
-//! target as a failed `accept()`. On a port open to the internet that is every scanner, every
-//! TCP probe of the TLS port and every client that gives up: the client's doing, nothing an
-//! operator can act on, yet it trips alerts on ERROR lines. Those lines are logged at INFO,
-//! as nginx logs a failed SSL handshake; every other line keeps its level.
+//! target as a failed `accept()`, and a client that chose HTTP/2 but did not start it properly
+//! (no valid connection preface) at ERROR too. On a port open to the internet that is every
+//! scanner, every TCP probe of the TLS port and every client that gives up: the client's
+//! doing, nothing an operator can act on, yet it trips alerts on ERROR lines. Those lines are
+//! logged at INFO, as nginx logs a failed SSL handshake; every other line keeps its level.
 
 use tracing_log::{AsLog, LogTracer};
 
-/// Where Pingora logs a downstream handshake that failed or timed out.
-const LISTENING: &str = "pingora_core::services::listening";
-/// How those lines begin ("Downstream handshake error from …", "… timeout").
-const HANDSHAKE: &str = "Downstream handshake";
+/// Pingora's lines for a client's failed handshake: where it logs them, and how they begin.
+const CLIENT_HANDSHAKE_FAILURES: [(&str, &str); 2] = [
+    // "Downstream handshake error from …", "… timeout": TLS.
+    ("pingora_core::services::listening", "Downstream handshake"),
+    // "H2 handshake error …": HTTP/2 after ALPN chose it.
+    ("pingora_core::apps", "H2 handshake error"),
+];
 
 struct Bridge(LogTracer);
 
@@ -22,9 +26,13 @@ impl log::Log for Bridge {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        if record.level() == log::Level::Error && record.target() == LISTENING {
+        let handshake_prefix = CLIENT_HANDSHAKE_FAILURES
+            .iter()
+            .find(|(target, _)| record.target() == *target)
+            .map(|(_, prefix)| *prefix);
+        if let (log::Level::Error, Some(prefix)) = (record.level(), handshake_prefix) {
             let text = record.args().to_string();
-            if text.starts_with(HANDSHAKE) {
+            if text.starts_with(prefix) {
                 self.0.log(
                     &log::Record::builder()
                         .level(log::Level::Info)

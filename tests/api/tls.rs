@@ -10,6 +10,7 @@ use mpapi::server::{Listeners, RunningGateway, TlsListener};
 use mpapi::tls::{CertificateFiles, CertificateResolver, CertificateSet};
 use reqwest::{StatusCode, Version};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::helpers::{APPID, Backends, Db, TestDatabase, Tweaks, config_yaml, received};
 
@@ -57,6 +58,8 @@ struct TlsWorld {
     gateway: RunningGateway,
     tls_addr: SocketAddr,
     ca: reqwest::Certificate,
+    /// The certificate's PEM file, for clients other than reqwest.
+    cert: PathBuf,
     dir: PathBuf,
 }
 
@@ -68,7 +71,7 @@ impl TlsWorld {
             eprintln!("skipped: no openssl command to make certificates");
             return None;
         };
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(cert).unwrap()).unwrap();
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
         let database = TestDatabase::create(Db::Sqlite).await;
         let backends = Backends::start().await;
         let yaml = config_yaml(&database.url, &backends, &Tweaks::default());
@@ -89,6 +92,7 @@ impl TlsWorld {
             gateway,
             tls_addr,
             ca,
+            cert,
             dir,
         })
     }
@@ -102,6 +106,51 @@ impl TlsWorld {
             .resolve(host, self.tls_addr)
             .build()
             .unwrap()
+    }
+
+    /// A TLS connection to the gateway as `host` offering only `alpn`, without an HTTP client
+    /// on top: the test writes the bytes.
+    async fn raw_connection(
+        &self,
+        host: &'static str,
+        alpn: &[u8],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+        use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+        let mut roots = RootCertStore::empty();
+        for der in CertificateDer::pem_file_iter(&self.cert).unwrap() {
+            roots.add(der.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = tokio::net::TcpStream::connect(self.tls_addr).await.unwrap();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(ServerName::try_from(host).unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
+    /// A well-behaved client is still served, over HTTP/2, after another one failed.
+    async fn still_serves(&self) {
+        let response = self
+            .client(HOST)
+            .get(self.url(HOST, "/app/public"))
+            .header("User-App", APPID)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "the listener still serves"
+        );
+        assert_eq!(response.version(), Version::HTTP_2);
     }
 
     fn url(&self, host: &str, path: &str) -> String {
@@ -220,30 +269,50 @@ async fn plain_http_or_an_unknown_name_on_the_tls_port_fails_only_that_connectio
         .send()
         .await;
     assert!(unknown.is_err(), "no certificate for an unknown name");
-    handshake_failures_are_logged_at_info().await;
+    client_failures_are_logged_at_info("Downstream handshake").await;
 
-    let response = world
-        .client(HOST)
-        .get(world.url(HOST, "/app/public"))
-        .header("User-App", APPID)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        StatusCode::OK,
-        "the listener still serves"
-    );
+    world.still_serves().await;
     world.stop().await;
 }
 
-/// Pingora's line for a client's failed handshake arrives, at INFO, and no such line is an
-/// ERROR (the client's doing: see `mpapi::observe::pingora_log`).
-async fn handshake_failures_are_logged_at_info() {
+#[tokio::test]
+async fn a_client_that_chooses_http2_and_speaks_http1_fails_only_that_connection() {
+    crate::helpers::capture_logs();
+    let Some(world) = TlsWorld::start().await else {
+        return;
+    };
+    // ALPN agrees on HTTP/2; the client then sends an HTTP/1.1 request instead of HTTP/2's
+    // connection preface.
+    let mut connection = world.raw_connection(HOST, b"h2").await;
+    assert_eq!(connection.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    connection
+        .write_all(b"GET /app/public HTTP/1.1\r\nHost: api.example.com\r\nUser-App: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        connection.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the gateway closes the connection");
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("HTTP/1.1 200"),
+        "not served as HTTP/1.1"
+    );
+    client_failures_are_logged_at_info("H2 handshake error").await;
+
+    world.still_serves().await;
+    world.stop().await;
+}
+
+/// Pingora's line for a client's failed handshake (starting with `marker`) arrives, at INFO,
+/// and no such line is an ERROR (the client's doing: see `mpapi::observe::pingora_log`).
+async fn client_failures_are_logged_at_info(marker: &str) {
     let lines = || -> Vec<String> {
         crate::helpers::logs()
             .lines()
-            .filter(|line| line.contains("Downstream handshake"))
+            .filter(|line| line.contains(marker))
             .map(str::to_string)
             .collect()
     };

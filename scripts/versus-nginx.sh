@@ -124,9 +124,9 @@ wait_for "$mpapi_port"
 # A logged-in user, through the simulator as a mini program would: wx.login, then /login.
 code=$(curl -s -X POST "127.0.0.1:$sim_port/sim/code" -H 'Content-Type: application/json' \
   -d "{\"appid\":\"$appid\",\"openid\":\"$openid\",\"unionid\":\"$unionid\"}" |
-  sed 's/.*"code":"\([^"]*\)".*/\1/')
+  sed -n 's/.*"code":"\([^"]*\)".*/\1/p')
 token=$(curl -s -X POST "127.0.0.1:$mpapi_port/login" -H "User-App: $appid" \
-  -d "{\"code\":\"$code\"}" | sed 's/.*"token":"\([^"]*\)".*/\1/')
+  -d "{\"code\":\"$code\"}" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
 [ -n "$token" ] || { echo "login failed: $(cat "$dir/mpapi.log")" >&2; exit 1; }
 
 cat >"$dir/request.lua" <<EOF
@@ -155,7 +155,7 @@ usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(usage.ru_utime + usage.ru_stime)' wrk -t1 -c32 -d"${seconds}s" -s "$dir/request.lua" \
     "http://127.0.0.1:$port")
   after=$(ticks "$pid")
-  if grep -q 'Non-2xx' <<<"$out"; then echo "failed requests: $out" >&2; exit 1; fi
+  if grep -q 'Non-2xx\|Socket errors' <<<"$out"; then echo "failed requests: $out" >&2; exit 1; fi
   requests=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' <<<"$out")
   wrk_cpu=$(tail -1 <<<"$out")
   awk -v rps="$(sed -n 's/^Requests\/sec: *//p' <<<"$out")" -v n="$requests" \

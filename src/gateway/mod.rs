@@ -16,6 +16,7 @@
 
 pub mod ctx;
 pub mod forwarded;
+pub mod health;
 pub mod identity;
 pub mod limits;
 pub mod path;

@@ -1,5 +1,7 @@
-//! Apps and their upstream pools: round-robin over each app's base URLs, with TCP health checks
-//! so a dead upstream stops receiving traffic until it answers again, and host names resolved
+//! Apps and their upstream pools: round-robin over each app's base URLs, with health checks
+//! (a TCP connect, and for `https://` the TLS handshake: see `health`) so a dead upstream or
+//! one whose certificate does not verify stops receiving traffic until it passes again, and
+//! host names resolved
 //! again every `server.upstream_dns_refresh_seconds` so an upstream that moves is followed.
 
 use std::collections::{BTreeSet, HashMap};
@@ -12,11 +14,11 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::HeaderValue;
 use pingora::lb::discovery::ServiceDiscovery;
-use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use tokio::sync::watch;
 
+use super::health::{SharedRoots, UpstreamCheck};
 use crate::config::{AppConfig, Config, UpstreamConfig};
 use crate::observe::Metrics;
 use crate::observe::metrics::{AppMetrics, StatusCounters};
@@ -169,11 +171,14 @@ pub struct Pool {
     checked: AtomicBool,
     /// `mpapi_upstream_healthy` of each upstream, in config order.
     health_gauges: Vec<IntGauge>,
+    /// The roots its checks verify `https://` upstreams against, beyond the system's.
+    roots: SharedRoots,
 }
 
 impl Pool {
     async fn build(
         upstreams: &[UpstreamConfig],
+        roots: Option<Arc<UpstreamRoots>>,
         interval: Duration,
         dns_refresh: Duration,
         health_gauges: Vec<IntGauge>,
@@ -181,7 +186,13 @@ impl Pool {
         let resolver = Arc::new(Resolver::new(upstreams));
         let discovery = Box::new(Discovery(resolver.clone()));
         let mut balancer = LoadBalancer::<RoundRobin>::from_backends(Backends::new(discovery));
-        balancer.set_health_check(TcpHealthCheck::new());
+        let roots: SharedRoots = Arc::new(ArcSwap::from_pointee(roots));
+        let checked = resolver.clone();
+        balancer.set_health_check(Box::new(UpstreamCheck::new(
+            upstreams,
+            roots.clone(),
+            move |addr| checked.index_of(addr),
+        )));
         balancer.update().await?;
         let pool = Self {
             balancer,
@@ -193,6 +204,7 @@ impl Pool {
             dns_refresh,
             checked: AtomicBool::new(false),
             health_gauges,
+            roots,
         };
         pool.publish_health();
         Ok(pool)
@@ -294,17 +306,17 @@ impl Apps {
         metrics: &Metrics,
     ) -> Result<Self, pingora::BError> {
         let mut by_id = HashMap::new();
+        let roots = config
+            .server
+            .upstream_ca
+            .as_ref()
+            .map(|ca| ca.roots.clone());
         for app in &config.apps {
             let mut upstreams = Vec::new();
             for upstream in &app.upstreams {
                 let host = HeaderValue::from_str(&upstream.host_header).map_err(|_| {
                     pingora::Error::explain(pingora::ErrorType::InternalError, "bad upstream host")
                 })?;
-                let roots = config
-                    .server
-                    .upstream_ca
-                    .as_ref()
-                    .map(|ca| ca.roots.clone());
                 let label = format!(
                     "{}:{}",
                     upstream.url.host_str().unwrap_or_default(),
@@ -315,7 +327,7 @@ impl Apps {
                     host,
                     requests: metrics.upstream(&app.appid, &label),
                     label,
-                    roots: roots.filter(|_| upstream.tls),
+                    roots: roots.clone().filter(|_| upstream.tls),
                 }));
             }
             let interval = config.server.health_check_interval;
@@ -329,13 +341,19 @@ impl Apps {
                         && pool.urls.iter().eq(app.upstreams.iter().map(|u| &u.url))
                 });
             let pool = match kept {
-                Some(pool) => pool.clone(),
+                Some(pool) => {
+                    // The CA file may have changed: the next checks verify as requests do.
+                    pool.roots.store(Arc::new(roots.clone()));
+                    pool.clone()
+                }
                 None => {
                     let gauges = upstreams
                         .iter()
                         .map(|u| metrics.upstream_health_gauge(&app.appid, &u.label))
                         .collect();
-                    Arc::new(Pool::build(&app.upstreams, interval, dns_refresh, gauges).await?)
+                    let pool =
+                        Pool::build(&app.upstreams, roots.clone(), interval, dns_refresh, gauges);
+                    Arc::new(pool.await?)
                 }
             };
             let authorization = app

@@ -174,6 +174,12 @@ impl axum::serve::Listener for TlsListener {
 }
 
 impl TlsEcho {
+    /// The echo upstream with a certificate for `host` that `ca` signed.
+    async fn signed_by(ca: &Authority, host: &str) -> Self {
+        let (cert, key) = ca.issue(host);
+        Self::start(&cert, &key).await
+    }
+
     async fn start(cert: &Path, key: &Path) -> Self {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
             .unwrap()
@@ -288,8 +294,14 @@ async fn an_https_upstream_behind_a_private_ca_is_reached_with_its_name_as_sni()
     )
     .await;
     let token = app.login("alice").await;
-    for round in 0..3 {
+    // The health checks make handshakes of their own (one at start, then one a second): count
+    // from the first request's connection on, over a few milliseconds.
+    let mut handshakes_after_first = 0;
+    for round in 0..5 {
         let (status, echo) = app.get_app("/hello?x=1", Some(&token)).await;
+        if round == 0 {
+            handshakes_after_first = upstream.handshakes.load(Ordering::SeqCst);
+        }
         assert_eq!(status, StatusCode::OK, "round {round}: {echo}");
         assert_eq!(echo["path"], "/api/hello");
         assert_eq!(echo["query"], "x=1");
@@ -300,12 +312,14 @@ async fn an_https_upstream_behind_a_private_ca_is_reached_with_its_name_as_sni()
         let host = format!("{}:{}", hosts.name, upstream.addr.port());
         assert_eq!(crate::helpers::received(&echo, "host"), Some(host));
     }
-    // Keep-alive: three requests, one handshake.
-    assert_eq!(upstream.handshakes.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        *upstream.server_names.lock().unwrap(),
-        vec![hosts.name.clone()]
-    );
+    // Keep-alive: the four requests after the first open no connection (at most one health
+    // check can fall in between).
+    let more = upstream.handshakes.load(Ordering::SeqCst) - handshakes_after_first;
+    assert!(more <= 1, "{more} handshakes for four requests");
+    // Every handshake, the requests' and the checks', named the host.
+    let names = upstream.server_names.lock().unwrap().clone();
+    assert!(!names.is_empty());
+    assert!(names.iter().all(|name| *name == hosts.name), "{names:?}");
     app.stop().await;
 }
 
@@ -336,10 +350,8 @@ async fn an_upstream_certificate_that_does_not_verify_gets_no_request_and_the_cl
         return;
     };
     // Signed by a CA the gateway does not trust; then a trusted one naming another host.
-    let (cert, key) = other.issue("127.0.0.1");
-    let untrusted = TlsEcho::start(&cert, &key).await;
-    let (cert, key) = trusted.issue("127.0.0.2");
-    let wrong_name = TlsEcho::start(&cert, &key).await;
+    let untrusted = TlsEcho::signed_by(&other, "127.0.0.1").await;
+    let wrong_name = TlsEcho::signed_by(&trusted, "127.0.0.2").await;
     for upstream in [&untrusted, &wrong_name] {
         let app = gateway(
             format!("https://{}/api", upstream.addr),
@@ -354,6 +366,50 @@ async fn an_upstream_certificate_that_does_not_verify_gets_no_request_and_the_cl
         assert_eq!(upstream.handshakes.load(Ordering::SeqCst), 0);
         app.stop().await;
     }
+}
+
+#[tokio::test]
+async fn an_upstream_whose_certificate_does_not_verify_leaves_the_pool_and_the_other_serves() {
+    let (Some(trusted), Some(other)) = (Authority::new("trusted CA"), Authority::new("other CA"))
+    else {
+        record_skip("no openssl command to make certificates");
+        return;
+    };
+    let untrusted = TlsEcho::signed_by(&other, "127.0.0.1").await;
+    let verified = TlsEcho::signed_by(&trusted, "127.0.0.1").await;
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Tweaks {
+            upstreams: Some(vec![
+                format!("https://{}/api", untrusted.addr),
+                format!("https://{}/api", verified.addr),
+            ]),
+            server: Some(format!("  upstream_ca: \"{}\"", trusted.cert.display())),
+            ..Tweaks::default()
+        },
+    )
+    .await;
+    // The first check runs at start, the next every second: once the untrusted upstream's
+    // handshake has failed a check, every request goes to the other one.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut in_a_row = 0;
+    while in_a_row < 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "requests still reach the upstream whose certificate does not verify"
+        );
+        let (status, _) = app.get_app("/open", None).await;
+        in_a_row = if status == StatusCode::OK {
+            in_a_row + 1
+        } else {
+            0
+        };
+        if in_a_row == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(untrusted.handshakes.load(Ordering::SeqCst), 0);
+    app.stop().await;
 }
 
 /// An upstream that answers every request with `{"who": name}`.

@@ -391,12 +391,68 @@ async fn an_upstream_whose_certificate_does_not_verify_leaves_the_pool_and_the_o
     .await;
     // The first check runs at start, the next every second: once the untrusted upstream's
     // handshake has failed a check, every request goes to the other one.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    only_verified_upstreams_serve(&app).await;
+    assert_eq!(untrusted.handshakes.load(Ordering::SeqCst), 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reload_the_checks_verify_against_the_upstream_ca_as_read_again() {
+    let (Some(first), Some(second)) = (Authority::new("first CA"), Authority::new("second CA"))
+    else {
+        record_skip("no openssl command to make certificates");
+        return;
+    };
+    let by_first = TlsEcho::signed_by(&first, "127.0.0.1").await;
+    let by_second = TlsEcho::signed_by(&second, "127.0.0.1").await;
+    // `server.upstream_ca` names one file; its content changes from the first CA to the second.
+    let ca_file = first.dir.join("upstream_ca.pem");
+    std::fs::copy(&first.cert, &ca_file).unwrap();
+    let tweaks = Tweaks {
+        upstreams: Some(vec![
+            format!("https://{}/api", by_first.addr),
+            format!("https://{}/api", by_second.addr),
+        ]),
+        server: Some(format!("  upstream_ca: \"{}\"", ca_file.display())),
+        ..Tweaks::default()
+    };
+    let app = TestApp::spawn_with(Db::Sqlite, tweaks.clone()).await;
+    only_verified_upstreams_serve(&app).await;
+    assert_eq!(
+        by_second.handshakes.load(Ordering::SeqCst),
+        0,
+        "the second CA is not trusted yet"
+    );
+
+    std::fs::copy(&second.cert, &ca_file).unwrap();
+    let yaml = crate::helpers::config_yaml(&app.database.url, &app.backends, &tweaks);
+    let config = mpapi::config::Config::parse(&yaml, &|_| None).unwrap();
+    let reloaded = app.gateway().reload(&config).await.unwrap();
+    assert!(reloaded.needing_restart.is_empty(), "{reloaded:?}");
+    // The pool is kept (same upstream list); its next check trusts the second CA, so its
+    // handshake with that upstream completes (a rejected one never does). Requests alone could
+    // not tell: the connections opened before the reload stay in use.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while by_second.handshakes.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the checks still verify against the first CA"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    only_verified_upstreams_serve(&app).await;
+    app.stop().await;
+}
+
+/// Within ten seconds, six requests in a row are served: the health checks have taken every
+/// upstream whose certificate does not verify out of the round-robin.
+async fn only_verified_upstreams_serve(app: &TestApp) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut in_a_row = 0;
     while in_a_row < 6 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "requests still reach the upstream whose certificate does not verify"
+            "requests still reach an upstream whose certificate does not verify"
         );
         let (status, _) = app.get_app("/open", None).await;
         in_a_row = if status == StatusCode::OK {
@@ -405,11 +461,9 @@ async fn an_upstream_whose_certificate_does_not_verify_leaves_the_pool_and_the_o
             0
         };
         if in_a_row == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    assert_eq!(untrusted.handshakes.load(Ordering::SeqCst), 0);
-    app.stop().await;
 }
 
 /// An upstream that answers every request with `{"who": name}`.

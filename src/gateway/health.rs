@@ -61,6 +61,8 @@ impl HealthCheck for UpstreamCheck {
         let Some(addr) = target.addr.as_inet().copied() else {
             return Ok(());
         };
+        // Discovery only hands out addresses the resolver has, so every backend finds its
+        // upstream; one that did not would get the TCP check.
         let sni = (self.index_of)(addr)
             .and_then(|index| self.sni.get(index))
             .and_then(Option::as_ref);

@@ -1,8 +1,8 @@
 //! Apps and their upstream pools: round-robin over each app's base URLs, with health checks
 //! (a TCP connect, and for `https://` the TLS handshake: see `health`) so a dead upstream or
 //! one whose certificate does not verify stops receiving traffic until it passes again, and
-//! host names resolved
-//! again every `server.upstream_dns_refresh_seconds` so an upstream that moves is followed.
+//! host names resolved again every `server.upstream_dns_refresh_seconds` so an upstream that
+//! moves is followed.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -306,6 +306,7 @@ impl Apps {
         metrics: &Metrics,
     ) -> Result<Self, pingora::BError> {
         let mut by_id = HashMap::new();
+        let mut kept_pools = Vec::new();
         let roots = config
             .server
             .upstream_ca
@@ -342,8 +343,7 @@ impl Apps {
                 });
             let pool = match kept {
                 Some(pool) => {
-                    // The CA file may have changed: the next checks verify as requests do.
-                    pool.roots.store(Arc::new(roots.clone()));
+                    kept_pools.push(pool.clone());
                     pool.clone()
                 }
                 None => {
@@ -374,6 +374,11 @@ impl Apps {
                     metrics: metrics.app(&app.appid),
                 }),
             );
+        }
+        // The CA file may have changed: once every pool is built, the kept pools' next checks
+        // verify as new connections do (a failed build leaves them as they were).
+        for pool in kept_pools {
+            pool.roots.store(Arc::new(roots.clone()));
         }
         Ok(Self { by_id })
     }

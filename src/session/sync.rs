@@ -57,6 +57,16 @@ impl Cursor {
         }
     }
 
+    /// A node's cursor at start, `last_seen` being the highest id committed then. Changes that
+    /// took lower ids may still be committing, invisible for now: the latest ids below it are
+    /// treated as skipped ones, asked for by primary key for ten seconds. Those already
+    /// committed come back once, as changes to sessions the node has barely begun to cache.
+    fn starting_at(last_seen: i64, now: Instant) -> Self {
+        let mut cursor = Self::new(0);
+        cursor.saw(last_seen, now);
+        cursor
+    }
+
     /// Note a change read now; ids between the last one seen and it are missing so far.
     fn saw(&mut self, id: i64, now: Instant) {
         if id > self.last_seen {
@@ -159,7 +169,7 @@ async fn poll(state: &State, mut shutdown: watch::Receiver<bool>) {
             }
         }
     };
-    let mut cursor = Cursor::new(last_seen);
+    let mut cursor = Cursor::starting_at(last_seen, Instant::now());
     let mut last_read = Instant::now();
     let mut last_purge = Instant::now();
     while pause(interval, &mut shutdown).await {
@@ -219,6 +229,15 @@ mod tests {
         cursor.saw(13, now);
         assert_eq!(cursor.still_missing(now), vec![12]);
         assert_eq!(cursor.last_seen, 14);
+    }
+
+    #[test]
+    fn at_start_the_ids_below_the_highest_committed_are_asked_for() {
+        let now = Instant::now();
+        let mut cursor = Cursor::starting_at(10, now);
+        assert_eq!(cursor.last_seen, 10);
+        assert_eq!(cursor.still_missing(now), (1..10).collect::<Vec<i64>>());
+        assert!(Cursor::starting_at(0, now).still_missing(now).is_empty());
     }
 
     #[test]

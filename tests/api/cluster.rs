@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mpapi::server::RunningGateway;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sqlx::{Connection as _, Row as _};
+use sqlx::Row as _;
 
 use crate::helpers::*;
 
@@ -193,6 +193,65 @@ async fn after_the_listening_connection_is_cut_changes_are_still_seen() {
     a.stop().await;
 }
 
+/// MySQL: a node that starts while a change is still committing, with a later change already
+/// committed, reads its cursor's start past the first one's id, and still hears of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_still_committing_when_a_node_starts_is_seen_by_it() {
+    if !Db::MySql.available() {
+        return;
+    }
+    let a = TestApp::spawn_with(Db::MySql, tweaks()).await;
+    let erin = a.login("erin").await;
+    let frank = a.login("frank").await;
+    let slow = log_out_and_stay_open(&a, "erin").await;
+    let (status, body) = call_at(a.addr, Method::POST, "/logout", &frank, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // B starts now: the highest committed id is Frank's logout, above Erin's.
+    let b = start_gateway(&a.database.url, &a.backends, &tweaks()).await;
+    assert_eq!(
+        status_on(b.addr, &erin).await,
+        StatusCode::OK,
+        "erin's logout is not committed yet"
+    );
+    slow.commit().await.unwrap();
+    seen_within(b.addr, &erin, |status, _| {
+        status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Log `openid` out in a transaction left open after its change row took an id, as a slow
+/// node's logout would be; commit it to finish the logout.
+async fn log_out_and_stay_open(
+    app: &TestApp,
+    openid: &str,
+) -> sqlx::Transaction<'static, sqlx::Any> {
+    let pool = sqlx::AnyPool::connect(&app.database.url).await.unwrap();
+    let mut slow = pool.begin().await.unwrap();
+    let row = sqlx::query("SELECT id, token_hash FROM users WHERE openid = ?")
+        .bind(openid)
+        .fetch_one(&mut *slow)
+        .await
+        .unwrap();
+    let (id, hash): (i64, String) = (row.get(0), row.get(1));
+    sqlx::query("UPDATE users SET token_hash = NULL WHERE id = ?")
+        .bind(id)
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO session_changes (origin, token_hash, created_at) VALUES (?, ?, ?)")
+        .bind("another-node")
+        .bind(&hash)
+        .bind(mpapi::types::unix_now())
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+    slow
+}
+
 /// MySQL: a change row takes its id when inserted and becomes visible when it commits, so a
 /// node can read a later change before an earlier one. Here a logout's change commits after
 /// another's that was inserted later: the node that already read past it still hears of it.
@@ -208,25 +267,7 @@ async fn a_change_that_commits_after_a_later_one_is_still_seen() {
     assert_eq!(status_on(b.addr, &frank).await, StatusCode::OK);
 
     // Erin is logged out by a transaction that takes its change's id and stays open...
-    let mut conn = a.database.connect().await;
-    let row = sqlx::query("SELECT id, token_hash FROM users WHERE openid = 'erin'")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    let (id, hash): (i64, String) = (row.get(0), row.get(1));
-    let mut slow = conn.begin().await.unwrap();
-    sqlx::query("UPDATE users SET token_hash = NULL WHERE id = ?")
-        .bind(id)
-        .execute(&mut *slow)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO session_changes (origin, token_hash, created_at) VALUES (?, ?, ?)")
-        .bind("another-node")
-        .bind(&hash)
-        .bind(mpapi::types::unix_now())
-        .execute(&mut *slow)
-        .await
-        .unwrap();
+    let slow = log_out_and_stay_open(&a, "erin").await;
 
     // ... while Frank's logout, with the next id, commits and is read by B.
     let (status, body) = call_at(a.addr, Method::POST, "/logout", &frank, None).await;

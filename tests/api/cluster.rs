@@ -209,18 +209,25 @@ async fn a_change_still_committing_when_a_node_starts_is_seen_by_it() {
 
     // B starts now: the highest committed id is Frank's logout, above Erin's.
     let b = start_gateway(&a.database.url, &a.backends, &tweaks()).await;
-    assert_eq!(
-        status_on(b.addr, &erin).await,
-        StatusCode::OK,
-        "erin's logout is not committed yet"
-    );
-    slow.commit().await.unwrap();
-    seen_within(b.addr, &erin, |status, _| {
-        status == StatusCode::UNAUTHORIZED
-    })
-    .await;
+    refused_once_committed(b.addr, &erin, slow).await;
     b.stop().await;
     a.stop().await;
+}
+
+/// `node` still serves `token`, whose logout `slow` holds uncommitted, and refuses it within
+/// [`WITHIN`] once `slow` commits.
+async fn refused_once_committed(
+    node: SocketAddr,
+    token: &str,
+    slow: sqlx::Transaction<'static, sqlx::Any>,
+) {
+    assert_eq!(
+        status_on(node, token).await,
+        StatusCode::OK,
+        "the logout is not committed yet"
+    );
+    slow.commit().await.unwrap();
+    seen_within(node, token, |status, _| status == StatusCode::UNAUTHORIZED).await;
 }
 
 /// Log `openid` out in a transaction left open after its change row took an id, as a slow
@@ -276,17 +283,7 @@ async fn a_change_that_commits_after_a_later_one_is_still_seen() {
         status == StatusCode::UNAUTHORIZED
     })
     .await;
-    assert_eq!(
-        status_on(b.addr, &erin).await,
-        StatusCode::OK,
-        "erin's logout is not committed yet"
-    );
-
-    slow.commit().await.unwrap();
-    seen_within(b.addr, &erin, |status, _| {
-        status == StatusCode::UNAUTHORIZED
-    })
-    .await;
+    refused_once_committed(b.addr, &erin, slow).await;
     b.stop().await;
     a.stop().await;
 }

@@ -15,7 +15,7 @@ use http::StatusCode;
 
 use crate::generator::{self, Load};
 use crate::passthrough::RunningPassThrough;
-use crate::{UPSTREAM_THREADS, runtime, scenarios, upstream, world};
+use crate::{GENERATOR_THREADS, UPSTREAM_THREADS, runtime, scenarios, upstream, world};
 
 /// Sessions seeded (and cached through the gateway before counting starts).
 const SESSIONS: usize = 100;
@@ -23,7 +23,7 @@ const SESSIONS: usize = 100;
 /// Send `count` requests of `scenario` (`bare`, `cached` or `anonymous`) over one keep-alive
 /// connection to a proxy with one worker thread, then stop.
 pub fn run(scenario: &str, count: u64) {
-    let client = runtime("load-client", 1);
+    let client = runtime(GENERATOR_THREADS, 1);
     let backends = runtime(UPSTREAM_THREADS, 1);
     let upstream = upstream::start(&backends);
     let sqlite = world::Database::sqlite();

@@ -208,7 +208,7 @@ fn main() {
 
     // The generator and everything the bench itself awaits run here; the upstream and the
     // simulator have a runtime of their own; each proxy starts its own.
-    let client = runtime("load-client", 2);
+    let client = runtime(GENERATOR_THREADS, 2);
     let backends = runtime(UPSTREAM_THREADS, 2);
     let upstream = upstream::start(&backends);
     let simulator = world::simulator();

@@ -23,7 +23,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
 use crate::state::State;
-use crate::store::{Dialect, SESSION_CHANNEL};
+use crate::store::{Dialect, SESSION_CHANNEL, SessionChange};
 use crate::types::unix_now;
 
 /// How long the MySQL table keeps a change: far longer than any node's polling interval.
@@ -180,11 +180,8 @@ async fn poll(state: &State, mut shutdown: watch::Receiver<bool>) {
                     state.sessions.forget_all();
                 }
                 last_read = Instant::now();
-                for change in changes {
-                    cursor.saw(change.id, last_read);
-                    state
-                        .sessions
-                        .apply_change(&change.origin, &change.token_hash);
+                for change in &changes {
+                    hear(state, &mut cursor, change, last_read);
                 }
             }
             Err(error) => tracing::warn!(%error, "session changes: cannot read"),
@@ -193,12 +190,9 @@ async fn poll(state: &State, mut shutdown: watch::Receiver<bool>) {
         if !missing.is_empty() {
             match store.session_changes_among(&missing).await {
                 Ok(late) => {
-                    for change in late {
+                    for change in &late {
                         tracing::debug!(id = change.id, "session changes: a late change");
-                        cursor.saw(change.id, Instant::now());
-                        state
-                            .sessions
-                            .apply_change(&change.origin, &change.token_hash);
+                        hear(state, &mut cursor, change, Instant::now());
                     }
                 }
                 Err(error) => tracing::warn!(%error, "session changes: cannot read"),
@@ -212,6 +206,14 @@ async fn poll(state: &State, mut shutdown: watch::Receiver<bool>) {
             }
         }
     }
+}
+
+/// Take in a change read from the table: note its id, and drop the cached session it retires.
+fn hear(state: &State, cursor: &mut Cursor, change: &SessionChange, now: Instant) {
+    cursor.saw(change.id, now);
+    state
+        .sessions
+        .apply_change(&change.origin, &change.token_hash);
 }
 
 #[cfg(test)]

@@ -112,9 +112,9 @@ fn read(key: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
 pub type UpstreamRoots = pingora::protocols::tls::CaType;
 
 /// The system's root certificates plus those of the PEM file at `path` (`key` names it in
-/// errors): what an HTTPS upstream behind a private CA is verified against. Each certificate is
-/// checked as a trust anchor before Pingora parses it.
-pub fn load_upstream_roots(key: &str, path: &Path) -> Result<Arc<UpstreamRoots>, TlsError> {
+/// errors): what an HTTPS upstream behind a private CA is verified against, and a digest of
+/// them. Each certificate is checked as a trust anchor before Pingora parses it.
+pub fn load_upstream_roots(key: &str, path: &Path) -> Result<(Arc<UpstreamRoots>, u64), TlsError> {
     let pem = read(key, path)?;
     let private: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
@@ -144,12 +144,21 @@ pub fn load_upstream_roots(key: &str, path: &Path) -> Result<Arc<UpstreamRoots>,
     let usable_system = system
         .into_iter()
         .filter(|cert| webpki::anchor_from_trusted_cert(cert).is_ok());
-    let roots: Vec<WrappedX509> = private
+    let certificates: Vec<CertificateDer<'static>> =
+        private.into_iter().chain(usable_system).collect();
+    let digest = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        for cert in &certificates {
+            cert.as_ref().hash(&mut hasher);
+        }
+        hasher.finish()
+    };
+    let roots: Vec<WrappedX509> = certificates
         .into_iter()
-        .chain(usable_system)
         .map(|cert| WrappedX509::new(cert.to_vec(), parse_x509))
         .collect();
-    Ok(Arc::from(roots))
+    Ok((Arc::from(roots), digest))
 }
 
 /// The process-wide rustls provider (ring, which Pingora's listener installs too).

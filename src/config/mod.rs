@@ -169,6 +169,9 @@ pub struct ServerConfig {
 pub struct UpstreamCa {
     pub path: PathBuf,
     pub roots: Arc<UpstreamRoots>,
+    /// A digest of the roots' certificates. Upstream connections are pooled under it, so a
+    /// reload that changes the roots reuses no connection verified against the old ones.
+    pub digest: u64,
 }
 
 impl PartialEq for UpstreamCa {
@@ -473,7 +476,11 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             .map(|path| {
                 let path = PathBuf::from(path);
                 crate::tls::load_upstream_roots("server.upstream_ca", &path)
-                    .map(|roots| UpstreamCa { path, roots })
+                    .map(|(roots, digest)| UpstreamCa {
+                        path,
+                        roots,
+                        digest,
+                    })
                     .map_err(tls_error)
             })
             .transpose()?,

@@ -172,6 +172,7 @@ impl ProxyHttp for Gateway {
             // Verified against the system's roots, or the ones `server.upstream_ca` adds to them.
             let mut peer = HttpPeer::new(addr, true, upstream.config.sni.clone());
             peer.options.ca = upstream.roots.clone();
+            peer.group_key = upstream.pool_key;
             peer
         } else {
             HttpPeer::new(addr, false, String::new())

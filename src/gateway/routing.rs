@@ -35,6 +35,10 @@ pub struct Upstream {
     pub requests: StatusCounters,
     /// Roots its certificate is verified against when they are not only the system's.
     pub roots: Option<Arc<UpstreamRoots>>,
+    /// The pool its connections are kept in, beyond the address and name: the roots' digest
+    /// (0 with the system's alone). Pingora's pool does not tell roots apart, so without it a
+    /// connection verified against a CA that a reload removed would go on serving.
+    pub pool_key: u64,
 }
 
 /// A registered mini program and its backends.
@@ -307,11 +311,8 @@ impl Apps {
     ) -> Result<Self, pingora::BError> {
         let mut by_id = HashMap::new();
         let mut kept_pools = Vec::new();
-        let roots = config
-            .server
-            .upstream_ca
-            .as_ref()
-            .map(|ca| ca.roots.clone());
+        let ca = config.server.upstream_ca.as_ref();
+        let roots = ca.map(|ca| ca.roots.clone());
         for app in &config.apps {
             let mut upstreams = Vec::new();
             for upstream in &app.upstreams {
@@ -329,6 +330,7 @@ impl Apps {
                     requests: metrics.upstream(&app.appid, &label),
                     label,
                     roots: roots.clone().filter(|_| upstream.tls),
+                    pool_key: ca.filter(|_| upstream.tls).map_or(0, |ca| ca.digest),
                 }));
             }
             let interval = config.server.health_check_interval;

@@ -242,7 +242,7 @@ server:
   listen: "127.0.0.1:0"
   threads: 1
   body_limit: {body_limit}
-  health_check_interval_seconds: 1
+  health_check_interval_seconds: {health_check_seconds}
   upstream_connect_timeout_ms: 500
   upstream_read_timeout_ms: 3000
 {server_extra}
@@ -268,6 +268,7 @@ apps:
 {sections}
 "#,
         body_limit = tweaks.body_limit,
+        health_check_seconds = tweaks.health_check_seconds,
         server_extra = tweaks.server.as_deref().unwrap_or(""),
         session = tweaks.session.as_deref().unwrap_or("  ttl_seconds: 604800"),
         wechat_timeout = tweaks.wechat_timeout_ms,
@@ -297,6 +298,8 @@ pub struct Tweaks {
     pub sections: Option<String>,
     /// More lines under `server:`, e.g. `  trusted_proxies: ["127.0.0.0/8"]`.
     pub server: Option<String>,
+    /// `server.health_check_interval_seconds`.
+    pub health_check_seconds: u64,
 }
 
 impl Default for Tweaks {
@@ -311,6 +314,7 @@ impl Default for Tweaks {
             notify: None,
             sections: None,
             server: None,
+            health_check_seconds: 1,
         }
     }
 }

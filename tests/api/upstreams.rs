@@ -430,8 +430,8 @@ async fn after_a_reload_the_checks_verify_against_the_upstream_ca_as_read_again(
     let reloaded = app.gateway().reload(&config).await.unwrap();
     assert!(reloaded.needing_restart.is_empty(), "{reloaded:?}");
     // The pool is kept (same upstream list); its next check trusts the second CA, so its
-    // handshake with that upstream completes (a rejected one never does). Requests alone could
-    // not tell: the connections opened before the reload stay in use.
+    // handshake with that upstream completes (a rejected one never does). Requests cannot be
+    // the first to reach it: the checks under the first CA took it out of the round-robin.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while by_second.handshakes.load(Ordering::SeqCst) == 0 {
         assert!(
@@ -441,6 +441,62 @@ async fn after_a_reload_the_checks_verify_against_the_upstream_ca_as_read_again(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     only_verified_upstreams_serve(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reload_that_drops_a_ca_no_connection_it_verified_serves_again() {
+    let (Some(first), Some(second)) = (Authority::new("first CA"), Authority::new("second CA"))
+    else {
+        record_skip("no openssl command to make certificates");
+        return;
+    };
+    let by_first = TlsEcho::signed_by(&first, "127.0.0.1").await;
+    let ca_file = first.dir.join("upstream_ca.pem");
+    std::fs::copy(&first.cert, &ca_file).unwrap();
+    // One health check, at start: every later handshake is a request's.
+    let tweaks = Tweaks {
+        upstreams: Some(vec![format!("https://{}/api", by_first.addr)]),
+        server: Some(format!("  upstream_ca: \"{}\"", ca_file.display())),
+        health_check_seconds: 60,
+        ..Tweaks::default()
+    };
+    let app = TestApp::spawn_with(Db::Sqlite, tweaks.clone()).await;
+    let yaml = crate::helpers::config_yaml(&app.database.url, &app.backends, &tweaks);
+    let reload_with = |ca: &Path| {
+        std::fs::copy(ca, &ca_file).unwrap();
+        let config = mpapi::config::Config::parse(&yaml, &|_| None).unwrap();
+        let gateway = app.gateway();
+        async move { gateway.reload(&config).await.unwrap() }
+    };
+    // Served over a connection verified against the first CA, which stays pooled.
+    let (status, body) = app.get_app("/open", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The first CA is no longer trusted: the next request must not ride the pooled connection.
+    reload_with(&second.cert).await;
+    let (status, body) = app.get_app("/open", None).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_GATEWAY,
+        "a connection verified against the dropped CA served: {body}"
+    );
+    assert_eq!(body["status"], 10002, "{body}");
+
+    // Trusted again, then a reload that reads the same certificates: the connection verified
+    // against them serves on, with no new handshake.
+    reload_with(&first.cert).await;
+    reload_with(&first.cert).await;
+    let handshakes = by_first.handshakes.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let (status, body) = app.get_app("/open", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(
+        by_first.handshakes.load(Ordering::SeqCst),
+        handshakes,
+        "a reload that changed no certificate dropped the pooled connections"
+    );
     app.stop().await;
 }
 

@@ -19,12 +19,14 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Fds, ListenFds};
 use pingora::services::Service as _;
+use pingora::services::listening::Service;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::config::TlsConfig;
 use crate::gateway::Gateway;
+use crate::gateway::slow_clients::{ClientTimeouts, GuardedApp};
 use crate::notify;
 use crate::shutdown::wait_for;
 use crate::sim::{self, Simulator};
@@ -248,7 +250,8 @@ async fn start(
         None => None,
     };
     let cell = Arc::new(OnceLock::from(state.clone()));
-    let mut service = proxy_service(&server_conf, cell, plain, tls)?;
+    let timeouts = ClientTimeouts::of(&state.config.server);
+    let mut service = proxy_service(&server_conf, cell, timeouts, plain, tls)?;
     let fds: ListenFds = Arc::new(Mutex::new(fds));
     workers.spawn(async move { service.start_service(Some(fds), shutdown, 1).await });
     Ok((state, dispatcher))
@@ -290,15 +293,18 @@ pub async fn start_core(
 }
 
 /// The proxy service on `plain` and/or `tls`: the listeners are taken from the fd table the
-/// service starts with (inherited in an upgrade, handed over by the tests) or bound.
+/// service starts with (inherited in an upgrade, handed over by the tests) or bound. Every
+/// connection is held to `timeouts`.
 pub fn proxy_service(
     server_conf: &Arc<ServerConf>,
     state: Arc<OnceLock<Arc<State>>>,
+    timeouts: ClientTimeouts,
     plain: Option<SocketAddr>,
     tls: Option<(SocketAddr, Arc<CertificateResolver>)>,
 ) -> Result<ProxyService, StartError> {
-    let mut service =
-        pingora_proxy::http_proxy_service_with_name(server_conf, Gateway::new(state), "mpapi");
+    let proxy = pingora_proxy::http_proxy(server_conf, Gateway::new(state.clone()));
+    let app = GuardedApp::new(proxy, timeouts, state);
+    let mut service = Service::new("mpapi".to_string(), app);
     if let Some(addr) = plain {
         service.add_tcp(&addr.to_string());
     }
@@ -309,7 +315,7 @@ pub fn proxy_service(
 }
 
 /// The gateway's proxy service type.
-pub type ProxyService = pingora::services::listening::Service<pingora_proxy::HttpProxy<Gateway>>;
+pub type ProxyService = Service<GuardedApp<pingora_proxy::HttpProxy<Gateway>>>;
 
 /// Re-read configuration put in force: TLS certificates for new handshakes, apps and trusted
 /// proxies for new requests. On any error nothing changes.

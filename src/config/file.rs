@@ -64,6 +64,10 @@ pub struct ServerSection {
     pub body_limit: Option<usize>,
     pub upstream_connect_timeout_ms: Option<u64>,
     pub upstream_read_timeout_ms: Option<u64>,
+    /// From a request's first byte to the end of its header.
+    pub client_header_timeout_ms: Option<u64>,
+    /// How long a write to a client may make no progress.
+    pub client_send_timeout_ms: Option<u64>,
     pub health_check_interval_seconds: Option<u64>,
     /// CIDRs whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Option<Vec<String>>,

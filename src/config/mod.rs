@@ -146,6 +146,10 @@ pub struct ServerConfig {
     pub body_limit: usize,
     pub upstream_connect_timeout: Duration,
     pub upstream_read_timeout: Duration,
+    /// From a request's first byte to the end of its header (slow-header clients).
+    pub client_header_timeout: Duration,
+    /// How long a write to a client may make no progress (clients that stop reading).
+    pub client_send_timeout: Duration,
     pub health_check_interval: Duration,
     /// Peers whose `X-Forwarded-For` chain is believed (none by default).
     pub trusted_proxies: TrustedProxies,
@@ -312,6 +316,14 @@ impl Config {
                 old_server.upstream_read_timeout != new_server.upstream_read_timeout,
             ),
             (
+                "server.client_header_timeout_ms",
+                old_server.client_header_timeout != new_server.client_header_timeout,
+            ),
+            (
+                "server.client_send_timeout_ms",
+                old_server.client_send_timeout != new_server.client_send_timeout,
+            ),
+            (
                 "server.health_check_interval_seconds",
                 old_server.health_check_interval != new_server.health_check_interval,
             ),
@@ -462,6 +474,8 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         )?,
         upstream_connect_timeout: millis(file.server.upstream_connect_timeout_ms, 2_000),
         upstream_read_timeout: millis(file.server.upstream_read_timeout_ms, 30_000),
+        client_header_timeout: millis(file.server.client_header_timeout_ms, 10_000),
+        client_send_timeout: millis(file.server.client_send_timeout_ms, 60_000),
         health_check_interval: Duration::from_secs(
             file.server
                 .health_check_interval_seconds

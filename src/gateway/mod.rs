@@ -23,6 +23,7 @@ pub mod path;
 pub mod respond;
 pub mod routing;
 pub mod scan;
+pub mod slow_clients;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -124,6 +125,7 @@ impl ProxyHttp for Gateway {
         session: &mut HttpSession,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
+        slow_clients::header_received(session);
         let state = self.state()?;
         // The routing in force now serves this request to its end (its app is kept in `ctx`).
         let routing = state.routing();
@@ -209,6 +211,7 @@ impl ProxyHttp for Gateway {
         _error: Option<&Error>,
         ctx: &mut RequestCtx,
     ) {
+        slow_clients::request_done(session);
         // `started` is set only when something records requests.
         if let (Ok(state), Some(started)) = (self.state(), ctx.started) {
             observe_request(state, session, ctx, started.elapsed());

@@ -180,8 +180,19 @@ pub struct Metrics {
     messages_forward_pending: IntGauge,
     config_reloads: IntCounterVec,
     access_log_dropped: IntCounter,
+    /// Connections closed for a slow header, then for a client that stopped reading.
+    client_timeouts: [IntCounter; 2],
     /// When the store-backed gauges were last read.
     store_gauges_read: Mutex<Option<Instant>>,
+}
+
+/// Why a client connection was closed for slowness (the `timeout` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTimeout {
+    /// Its request header was still incomplete `server.client_header_timeout_ms` after it began.
+    Header = 0,
+    /// It read nothing of its answer for `server.client_send_timeout_ms`.
+    Send = 1,
 }
 
 /// The notification states, as the store writes them.
@@ -281,6 +292,13 @@ impl Metrics {
         for result in ["ok", "refused"] {
             config_reloads.with_label_values(&[result]);
         }
+        let client_timeouts = counter_vec(
+            &r,
+            "mpapi_client_timeouts_total",
+            "Client connections closed for slowness: header (server.client_header_timeout_ms), \
+             send (server.client_send_timeout_ms).",
+            &["timeout"],
+        );
         let build_info = gauge_vec(
             &r,
             "mpapi_build_info",
@@ -356,6 +374,8 @@ impl Metrics {
                 "mpapi_access_log_dropped_total",
                 "Access log lines dropped because the writer could not keep up.",
             ),
+            client_timeouts: ["header", "send"]
+                .map(|timeout| client_timeouts.with_label_values(&[timeout])),
             store_gauges_read: Mutex::new(None),
             registry: r,
         })
@@ -422,6 +442,10 @@ impl Metrics {
     pub fn config_reloaded(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
         self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn client_timed_out(&self, timeout: ClientTimeout) {
+        self.client_timeouts[timeout as usize].inc();
     }
 
     pub fn access_log_dropped(&self) {

@@ -2,20 +2,25 @@
 //! `tracing-subscriber` would bridge them, with one correction.
 //!
 //! Pingora reports a client whose TLS handshake fails or times out at ERROR, under the same
-//! target as a failed `accept()`, and a client that chose HTTP/2 but did not start it properly
-//! (no valid connection preface) at ERROR too. On a port open to the internet that is every
-//! scanner, every TCP probe of the TLS port and every client that gives up: the client's
-//! doing, nothing an operator can act on, yet it trips alerts on ERROR lines. Those lines are
-//! logged at INFO, as nginx logs a failed SSL handshake; every other line keeps its level.
+//! target as a failed `accept()`; a client that chose HTTP/2 but did not start it properly
+//! (no valid connection preface) at ERROR too; and at ERROR again a request that failed on the
+//! client's side ("Fail to proxy: Downstream …": the client closed or reset the connection,
+//! sent its header too slowly, or stopped reading its answer). On a port open to the internet
+//! that is every scanner, every TCP probe of the TLS port and every client that gives up: the
+//! client's doing, nothing an operator can act on, yet it trips alerts on ERROR lines. Those
+//! lines are logged at INFO, as nginx logs a failed SSL handshake or a client timeout; every
+//! other line keeps its level.
 
 use tracing_log::{AsLog, LogTracer};
 
-/// Pingora's lines for a client's failed handshake: where it logs them, and how they begin.
-const CLIENT_HANDSHAKE_FAILURES: [(&str, &str); 2] = [
+/// Pingora's lines for a client's failure: where it logs them, and how they begin.
+const CLIENT_FAILURES: [(&str, &str); 3] = [
     // "Downstream handshake error from …", "… timeout": TLS.
     ("pingora_core::services::listening", "Downstream handshake"),
     // "H2 handshake error …": HTTP/2 after ALPN chose it.
     ("pingora_core::apps", "H2 handshake error"),
+    // "Fail to proxy: Downstream ReadError …", "… WriteError …", "… ConnectionClosed …".
+    ("pingora_proxy", "Fail to proxy: Downstream "),
 ];
 
 struct Bridge(LogTracer);
@@ -26,13 +31,14 @@ impl log::Log for Bridge {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        let handshake_prefix = CLIENT_HANDSHAKE_FAILURES
+        let mut prefixes = CLIENT_FAILURES
             .iter()
-            .find(|(target, _)| record.target() == *target)
-            .map(|(_, prefix)| *prefix);
-        if let (log::Level::Error, Some(prefix)) = (record.level(), handshake_prefix) {
+            .filter(|(target, _)| record.target() == *target)
+            .map(|(_, prefix)| *prefix)
+            .peekable();
+        if record.level() == log::Level::Error && prefixes.peek().is_some() {
             let text = record.args().to_string();
-            if text.starts_with(prefix) {
+            if prefixes.any(|prefix| text.starts_with(prefix)) {
                 self.0.log(
                     &log::Record::builder()
                         .level(log::Level::Info)

@@ -23,6 +23,7 @@ mod proxy;
 mod reload;
 mod resilience;
 mod sessions;
+mod slow_clients;
 mod systemd;
 mod tls;
 mod upstreams;

@@ -11,10 +11,10 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-const ADMIN: &str = "admin:\n  listen: \"127.0.0.1:0\"\n";
+pub(crate) const ADMIN: &str = "admin:\n  listen: \"127.0.0.1:0\"\n";
 
 /// A gateway with the admin listener on, and more top-level `sections`.
-async fn observed(db: Db, sections: &str, tweaks: Tweaks) -> TestApp {
+pub(crate) async fn observed(db: Db, sections: &str, tweaks: Tweaks) -> TestApp {
     TestApp::spawn_with(
         db,
         Tweaks {
@@ -26,9 +26,13 @@ async fn observed(db: Db, sections: &str, tweaks: Tweaks) -> TestApp {
 }
 
 fn admin_addr(app: &TestApp) -> SocketAddr {
+    admin_addr_of(app.gateway())
+}
+
+fn admin_addr_of(gateway: &mpapi::server::RunningGateway) -> SocketAddr {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        if let Some(addr) = app.gateway().state.admin_addr.get() {
+        if let Some(addr) = gateway.state.admin_addr.get() {
             return *addr;
         }
         assert!(Instant::now() < deadline, "the admin listener never bound");
@@ -37,9 +41,14 @@ fn admin_addr(app: &TestApp) -> SocketAddr {
 }
 
 /// Scrape `/metrics` and parse it as Prometheus does.
-async fn scrape(app: &TestApp) -> Scrape {
+pub(crate) async fn scrape(app: &TestApp) -> Scrape {
+    scrape_gateway(app.gateway()).await
+}
+
+/// Scrape the `/metrics` of a gateway started with the admin listener on.
+pub(crate) async fn scrape_gateway(gateway: &mpapi::server::RunningGateway) -> Scrape {
     let response = client()
-        .get(format!("http://{}/metrics", admin_addr(app)))
+        .get(format!("http://{}/metrics", admin_addr_of(gateway)))
         .send()
         .await
         .unwrap();
@@ -57,7 +66,7 @@ async fn scrape(app: &TestApp) -> Scrape {
 }
 
 /// The value of the sample `name` whose labels include `labels` (0 when there is none).
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     let matching: Vec<&Sample> = scrape
         .samples
         .iter()

@@ -415,7 +415,7 @@ async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
 }
 
 /// Read one response with a Content-Length body.
-async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+pub(crate) async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {

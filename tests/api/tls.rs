@@ -65,6 +65,10 @@ struct TlsWorld {
 
 impl TlsWorld {
     async fn start() -> Option<Self> {
+        Self::start_with(Tweaks::default()).await
+    }
+
+    async fn start_with(tweaks: Tweaks) -> Option<Self> {
         let dir = std::env::temp_dir().join(format!("mpapi_tls_{}", mpapi::sim::random_hex(8)));
         std::fs::create_dir_all(&dir).unwrap();
         let Some((files, cert)) = certificate(&dir, HOST) else {
@@ -74,7 +78,7 @@ impl TlsWorld {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
         let database = TestDatabase::create(Db::Sqlite).await;
         let backends = Backends::start().await;
-        let yaml = config_yaml(&database.url, &backends, &Tweaks::default());
+        let yaml = config_yaml(&database.url, &backends, &tweaks);
         let config = Config::parse(&yaml, &|_| None).unwrap();
         let certificates = CertificateResolver::new(CertificateSet::load(&[files]).unwrap());
         let listeners = Listeners {
@@ -204,6 +208,47 @@ async fn http2_over_tls_reaches_the_upstream_with_identity_headers() {
 }
 
 #[tokio::test]
+async fn over_tls_a_slow_header_is_cut_off_and_http2_is_not_timed_as_one() {
+    let Some(world) = TlsWorld::start_with(Tweaks {
+        server: Some("  client_header_timeout_ms: 600".to_string()),
+        sections: Some(crate::observability::ADMIN.to_string()),
+        ..Tweaks::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let header_timeouts = || async {
+        let scrape = crate::observability::scrape_gateway(&world.gateway).await;
+        crate::observability::value(
+            &scrape,
+            "mpapi_client_timeouts_total",
+            &[("timeout", "header")],
+        )
+    };
+    // HTTP/2 frames its own headers: a connection idle for longer than the header timeout
+    // between two requests is not cut.
+    let client = world.client(HOST);
+    for _ in 0..2 {
+        let response = client
+            .get(world.url(HOST, "/app/public"))
+            .header("User-App", APPID)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.version(), Version::HTTP_2);
+        tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    }
+    assert_eq!(header_timeouts().await, 0.0);
+    // HTTP/1.1 inside TLS is timed as over plain TCP.
+    let mut connection = world.raw_connection(HOST, b"http/1.1").await;
+    crate::slow_clients::drip_until_cut_off(&mut connection).await;
+    assert_eq!(header_timeouts().await, 1.0);
+    world.stop().await;
+}
+
+#[tokio::test]
 async fn reloaded_certificates_serve_new_handshakes_without_a_restart() {
     let Some(world) = TlsWorld::start().await else {
         return;
@@ -306,9 +351,9 @@ async fn a_client_that_chooses_http2_and_speaks_http1_fails_only_that_connection
     world.stop().await;
 }
 
-/// Pingora's line for a client's failed handshake (starting with `marker`) arrives, at INFO,
+/// Pingora's line for a client's failure (containing `marker`) arrives, at INFO,
 /// and no such line is an ERROR (the client's doing: see `mpapi::observe::pingora_log`).
-async fn client_failures_are_logged_at_info(marker: &str) {
+pub(crate) async fn client_failures_are_logged_at_info(marker: &str) {
     let lines = || -> Vec<String> {
         crate::helpers::logs()
             .lines()

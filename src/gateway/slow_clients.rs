@@ -1,0 +1,370 @@
+//! Clients too slow to serve: one that takes longer than `server.client_header_timeout_ms` to
+//! send a request header once it has begun, and one that stops reading its answer for
+//! `server.client_send_timeout_ms`. Either loses its connection.
+//!
+//! Pingora times each read on its own (60 s), so a client that sends its header a byte a
+//! minute holds a connection, its task and its buffers as long as it likes: many such clients
+//! exhaust a proxy without sending anything of note (slowloris). Nor does it time writes to a
+//! client, so one that stops reading holds its request, and its upstream connection, forever.
+//! nginx bounds both (`client_header_timeout`, `send_timeout`); so does mpapi, by wrapping
+//! each accepted connection ([`GuardedApp`]) in a stream that keeps the two clocks
+//! ([`GuardedStream`]).
+//!
+//! The stream cannot tell a header from a body, so the gateway tells it: the header is whole
+//! when `request_filter` runs ([`header_received`]), and the next one may begin once the
+//! request is logged ([`request_done`]). A header that arrives in one read (almost all of
+//! them) never starts a timer: the clock starts only when a read finds nothing more to read
+//! while a begun header is incomplete, and likewise for a write that cannot proceed. An idle
+//! keep-alive connection is Pingora's to time (60 s); a request body is read under Pingora's
+//! per-read timeout.
+//!
+//! HTTP/2 connections are left as they are: a header there is a frame of a multiplexed
+//! stream, which the h2 layer reads.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::{
+    ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    Stream, TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use pingora_proxy::Session as HttpSession;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::config::ServerConfig;
+use crate::observe::Metrics;
+use crate::observe::metrics::ClientTimeout;
+use crate::state::State;
+
+/// How long a client may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// From a request's first byte to the end of its header.
+    pub header: Duration,
+    /// A write to the client that makes no progress.
+    pub send: Duration,
+}
+
+impl ClientTimeouts {
+    pub fn of(server: &ServerConfig) -> Self {
+        Self {
+            header: server.client_header_timeout,
+            send: server.client_send_timeout,
+        }
+    }
+}
+
+/// A Pingora application whose connections are each wrapped in a [`GuardedStream`].
+pub struct GuardedApp<A> {
+    app: Arc<A>,
+    timeouts: ClientTimeouts,
+    /// Where the metrics are, once the state is built (`mpapi_client_timeouts_total`).
+    state: Arc<OnceLock<Arc<State>>>,
+}
+
+impl<A> GuardedApp<A> {
+    pub fn new(app: A, timeouts: ClientTimeouts, state: Arc<OnceLock<Arc<State>>>) -> Self {
+        Self {
+            app: Arc::new(app),
+            timeouts,
+            state,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // A connection handed back for another round is already guarded.
+        let stream: Stream = if stream.as_any().is::<GuardedStream>() {
+            stream
+        } else {
+            let metrics = self.state.get().map(|state| state.metrics.clone());
+            Box::new(GuardedStream::new(stream, self.timeouts, metrics))
+        };
+        self.app.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await
+    }
+}
+
+/// Where the connection's current request is: what its reads are.
+const AWAITING_HEADER: u8 = 0;
+/// Reads are a header, and the timer state belongs to it.
+const READING_HEADER: u8 = 1;
+/// The header is whole: reads are the body, or nothing.
+const PAST_HEADER: u8 = 2;
+
+/// A client connection that times a begun header and a stalled write.
+pub struct GuardedStream {
+    inner: Stream,
+    timeouts: ClientTimeouts,
+    metrics: Option<Arc<Metrics>>,
+    /// [`AWAITING_HEADER`], [`READING_HEADER`] or [`PAST_HEADER`]. The gateway moves it
+    /// through a shared reference (its session holds the stream); only the connection's own
+    /// task touches it, so ordering is moot.
+    phase: AtomicU8,
+    /// A byte of the current header has arrived.
+    header_begun: bool,
+    /// Running while a begun header waits for more bytes.
+    header_timer: Option<Pin<Box<Sleep>>>,
+    /// Running while a write to the client cannot proceed.
+    send_timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl GuardedStream {
+    fn new(inner: Stream, timeouts: ClientTimeouts, metrics: Option<Arc<Metrics>>) -> Self {
+        // HTTP/2 frames its own headers; nothing here knows where one ends.
+        let phase = if inner.selected_alpn_proto() == Some(ALPN::H2) {
+            PAST_HEADER
+        } else {
+            AWAITING_HEADER
+        };
+        Self {
+            inner,
+            timeouts,
+            metrics,
+            phase: AtomicU8::new(phase),
+            header_begun: false,
+            header_timer: None,
+            send_timer: None,
+        }
+    }
+
+    /// Poll the timer of a stalled write; `Err` once it has run out.
+    fn send_stalled(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let send = self.timeouts.send;
+        let timer = self
+            .send_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(self.timed_out(ClientTimeout::Send)),
+            Poll::Pending => Ok(()),
+        }
+    }
+
+    /// Count the timeout and describe it (Pingora logs the error, at INFO: see
+    /// `observe::pingora_log`).
+    fn timed_out(&self, timeout: ClientTimeout) -> io::Error {
+        if let Some(metrics) = &self.metrics {
+            metrics.client_timed_out(timeout);
+        }
+        let what = match timeout {
+            ClientTimeout::Header => {
+                "the request header took longer than server.client_header_timeout_ms"
+            }
+            ClientTimeout::Send => "the client read nothing for server.client_send_timeout_ms",
+        };
+        io::Error::new(io::ErrorKind::TimedOut, what)
+    }
+
+    /// What a write's poll means once the stall timer has had its say.
+    fn after_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Pending => match self.send_stalled(cx) {
+                Ok(()) => Poll::Pending,
+                Err(error) => Poll::Ready(Err(error)),
+            },
+            ready => {
+                self.send_timer = None;
+                ready
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for GuardedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedStream")
+            .field("inner", &self.inner)
+            .field("timeouts", &self.timeouts)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The guarded stream under `session`, if its connection has one (HTTP/1).
+fn guarded(session: &HttpSession) -> Option<&GuardedStream> {
+    session.stream()?.as_any().downcast_ref::<GuardedStream>()
+}
+
+/// The request's header is whole: its connection's reads are no longer timed as a header.
+pub fn header_received(session: &HttpSession) {
+    if let Some(stream) = guarded(session) {
+        stream.phase.store(PAST_HEADER, Ordering::Relaxed);
+    }
+}
+
+/// The request is over: the connection's next bytes begin the next header.
+pub fn request_done(session: &HttpSession) {
+    if let Some(stream) = guarded(session) {
+        stream.phase.store(AWAITING_HEADER, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let phase = this.phase.load(Ordering::Relaxed);
+        if phase == PAST_HEADER {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        if phase == AWAITING_HEADER {
+            // A new request: nothing of the last header's timing carries over.
+            this.header_begun = false;
+            this.header_timer = None;
+            this.phase.store(READING_HEADER, Ordering::Relaxed);
+        }
+        let filled = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                this.header_begun |= buf.filled().len() > filled;
+                Poll::Ready(result)
+            }
+            // Waiting for a request to begin is keep-alive, which Pingora times.
+            Poll::Pending if !this.header_begun => Poll::Pending,
+            Poll::Pending => {
+                let header = this.timeouts.header;
+                let timer = this
+                    .header_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(header)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(this.timed_out(ClientTimeout::Header))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.after_write(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        this.after_write(cx, poll)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.after_write(cx, poll)
+    }
+}
+
+// What Pingora asks of a stream beyond reading and writing: the connection's own answers.
+
+#[async_trait]
+impl Shutdown for GuardedStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for GuardedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for GuardedStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for GuardedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for GuardedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for GuardedStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for GuardedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}

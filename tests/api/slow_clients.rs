@@ -1,0 +1,193 @@
+//! Clients too slow to serve lose their connection: a header still incomplete
+//! `server.client_header_timeout_ms` after its first byte, a write to a client that has read
+//! nothing for `server.client_send_timeout_ms`. Slow bodies and idle keep-alive connections are
+//! not theirs to cut.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{APPID, Db, TestApp, Tweaks};
+use crate::observability::{observed, scrape, value};
+use crate::proxy::read_response;
+use crate::tls::client_failures_are_logged_at_info;
+
+/// A gateway with these lines added under `server:`, and its metrics on.
+async fn gateway(server: &str, tweaks: Tweaks) -> TestApp {
+    let tweaks = Tweaks {
+        server: Some(server.to_string()),
+        ..tweaks
+    };
+    observed(Db::Sqlite, "", tweaks).await
+}
+
+/// `mpapi_client_timeouts_total` for `timeout` (`header` or `send`).
+async fn timeouts(app: &TestApp, timeout: &str) -> f64 {
+    value(
+        &scrape(app).await,
+        "mpapi_client_timeouts_total",
+        &[("timeout", timeout)],
+    )
+}
+
+/// Whether the gateway has closed `stream` (end of stream or reset) within `limit`, reading
+/// and dropping whatever comes before.
+async fn closed_within<S: AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_header_sent_a_line_at_a_time_is_cut_off_at_the_header_timeout() {
+    let app = gateway("  client_header_timeout_ms: 600", Tweaks::default()).await;
+    // On a new connection, and on one whose first request was served.
+    let mut fresh = TcpStream::connect(app.addr).await.unwrap();
+    drip_until_cut_off(&mut fresh).await;
+    let mut reused = TcpStream::connect(app.addr).await.unwrap();
+    reused
+        .write_all(
+            format!("GET /app/first HTTP/1.1\r\nHost: mpapi\r\nUser-App: {APPID}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let first = read_response(&mut reused).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    drip_until_cut_off(&mut reused).await;
+    client_failures_are_logged_at_info("server.client_header_timeout_ms").await;
+    assert_eq!(timeouts(&app, "header").await, 2.0);
+    app.stop().await;
+}
+
+/// Begin a request and send its header a line every 100 ms, never ending it: each read comes
+/// well within Pingora's own read timeout. Returns once the gateway has closed the connection,
+/// which must come after the 600 ms header timeout and within 10 s.
+pub(crate) async fn drip_until_cut_off<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let started = Instant::now();
+    stream
+        .write_all(
+            format!("GET /app/open HTTP/1.1\r\nHost: mpapi\r\nUser-App: {APPID}\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    for line in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Writing fails once the gateway has closed the connection, or reading ends.
+        let written = stream
+            .write_all(format!("X-Drip-{line}: 1\r\n").as_bytes())
+            .await;
+        if written.is_err() || closed_within(stream, Duration::from_millis(1)).await {
+            let took = started.elapsed();
+            assert!(
+                took >= Duration::from_millis(500),
+                "cut off after {took:?}, before the header timeout"
+            );
+            return;
+        }
+    }
+    panic!("a header dripped for 10 s was still being read");
+}
+
+#[tokio::test]
+async fn a_slow_header_in_time_a_slow_body_and_an_idle_keep_alive_are_all_served() {
+    let app = gateway("  client_header_timeout_ms: 600", Tweaks::default()).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    // A header in three pieces, 150 ms apart: complete within the timeout.
+    for piece in [
+        "GET /app/first HTTP/1.1\r\n".to_string(),
+        format!("Host: mpapi\r\nUser-App: {APPID}\r\n"),
+        "Accept: */*\r\n\r\n".to_string(),
+    ] {
+        stream.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let first = read_response(&mut stream).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(first.contains("/api/first"), "{first}");
+
+    // Idle for longer than the header timeout: waiting for a request is not sending one.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // Then a body a byte every 100 ms, 1.2 s in all: the header came whole, the body is not
+    // timed as one.
+    let body = "slow-body-12";
+    stream
+        .write_all(
+            format!(
+                "POST /app/second HTTP/1.1\r\nHost: mpapi\r\nUser-App: {APPID}\r\n\
+                 Content-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    for byte in body.bytes() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.write_all(&[byte]).await.unwrap();
+    }
+    let second = read_response(&mut stream).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(second.contains("/api/second"), "{second}");
+    assert!(second.contains(body), "{second}");
+    assert_eq!(timeouts(&app, "header").await, 0.0);
+    assert_eq!(timeouts(&app, "send").await, 0.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answer_is_cut_off_at_the_send_timeout() {
+    // An upstream with an answer far larger than the sockets on the way can hold.
+    const ANSWER: usize = 64 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let router = axum::Router::new().fallback(|| async { vec![b'x'; ANSWER] });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let app = gateway(
+        "  client_send_timeout_ms: 500",
+        Tweaks {
+            upstreams: Some(vec![format!("http://{upstream}/api")]),
+            ..Tweaks::default()
+        },
+    )
+    .await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET /app/large HTTP/1.1\r\nHost: mpapi\r\nUser-App: {APPID}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // Read nothing for a while, then everything there is.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received += n,
+            Err(_) => panic!("the connection neither closed nor delivered within 10 s"),
+        }
+        if received > ANSWER {
+            break;
+        }
+    }
+    assert!(
+        received < ANSWER,
+        "the whole answer ({received} bytes) reached a client that stopped reading"
+    );
+    client_failures_are_logged_at_info("server.client_send_timeout_ms").await;
+    assert_eq!(timeouts(&app, "send").await, 1.0);
+    assert_eq!(timeouts(&app, "header").await, 0.0);
+    app.stop().await;
+}

@@ -22,7 +22,9 @@
 //! `request_filter` routes the path. A native path is answered there and then. `/app/…` names
 //! its app by `User-App` (or `?appid=`), its `User-Token` is checked against the session cache
 //! (the store only on a miss), and the request goes to the app's next healthy upstream with
-//! client-sent identity headers stripped and the session's own injected.
+//! client-sent identity headers stripped and the session's own injected. Beneath it all, each
+//! client connection is timed while a header arrives and while an answer waits to be read
+//! (`gateway::slow_clients`).
 //!
 //! # Unsafe code
 //! Denied everywhere but one function, `gateway::identity::shared_value`, whose invariant is

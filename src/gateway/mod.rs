@@ -2,8 +2,8 @@
 //! module named for the job; per-request facts live in [`RequestCtx`].
 //!
 //! ```text
-//! request_filter           route the path; resolve the app (User-App or ?appid=); one pass
-//!                          over the header names (scan);
+//! request_filter           the header is whole (slow_clients); route the path; resolve the
+//!                          app (User-App or ?appid=); one pass over the header names (scan);
 //!                          native endpoint → answer here (api::serve), done;
 //!                          /app/*          → authenticate User-Token (session), continue
 //! upstream_peer            next healthy upstream of the app (routing); Pingora's hop-by-hop
@@ -12,7 +12,12 @@
 //!                          session's, rewrite path, Host, Authorization, forwarding headers,
 //!                          request id (identity, forwarded, routing)
 //! fail_to_proxy            any failure → the JSON envelope (respond)
+//! logging                  metrics and access log; the connection's next bytes are a new
+//!                          header (slow_clients)
 //! ```
+//!
+//! Beneath the phases, every client connection runs in a `slow_clients::GuardedStream`, which
+//! cuts off a header that trickles in and an answer nobody reads.
 
 pub mod ctx;
 pub mod forwarded;

@@ -21,6 +21,7 @@
 //! HTTP/2 connections are left as they are: a header there is a frame of a multiplexed
 //! stream, which the h2 layer reads.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -84,11 +85,19 @@ impl<A> GuardedApp<A> {
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
-    async fn process_new(
-        self: &Arc<Self>,
+    /// Hands the wrapped stream to the application and returns the application's own future,
+    /// not one awaiting it: a future of its own would be one more allocation a connection and
+    /// one more layer of every poll of it.
+    fn process_new<'app, 'watch, 'future>(
+        self: &'app Arc<Self>,
         stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
+        shutdown: &'watch ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<Stream>> + Send + 'future>>
+    where
+        'app: 'future,
+        'watch: 'future,
+        Self: 'future,
+    {
         // A connection handed back for another round is already guarded.
         let stream: Stream = if stream.as_any().is::<GuardedStream>() {
             stream
@@ -96,7 +105,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
             let metrics = self.state.get().map(|state| state.metrics.clone());
             Box::new(GuardedStream::new(stream, self.timeouts, metrics))
         };
-        self.app.process_new(stream, shutdown).await
+        self.app.process_new(stream, shutdown)
     }
 
     async fn cleanup(&self) {

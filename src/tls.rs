@@ -146,6 +146,7 @@ pub fn load_upstream_roots(key: &str, path: &Path) -> Result<(Arc<UpstreamRoots>
         .filter(|cert| webpki::anchor_from_trusted_cert(cert).is_ok());
     let certificates: Vec<CertificateDer<'static>> =
         private.into_iter().chain(usable_system).collect();
+    // Compared only within this process (the roots in force against a reload's).
     let digest = {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::hash::DefaultHasher::new();

@@ -156,18 +156,6 @@ impl GuardedStream {
         }
     }
 
-    /// Poll the timer of a stalled write; `Err` once it has run out.
-    fn send_stalled(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let send = self.timeouts.send;
-        let timer = self
-            .send_timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(self.timed_out(ClientTimeout::Send)),
-            Poll::Pending => Ok(()),
-        }
-    }
-
     /// Count the timeout and describe it (Pingora logs the error, at INFO: see
     /// `observe::pingora_log`).
     fn timed_out(&self, timeout: ClientTimeout) -> io::Error {
@@ -190,16 +178,26 @@ impl GuardedStream {
         poll: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         match poll {
-            Poll::Pending => match self.send_stalled(cx) {
-                Ok(()) => Poll::Pending,
-                Err(error) => Poll::Ready(Err(error)),
-            },
+            Poll::Pending if run_out(&mut self.send_timer, self.timeouts.send, cx) => {
+                Poll::Ready(Err(self.timed_out(ClientTimeout::Send)))
+            }
+            Poll::Pending => Poll::Pending,
             ready => {
                 self.send_timer = None;
                 ready
             }
         }
     }
+}
+
+/// Whether `timer`, started with `limit` when first polled, has run out (if not, `cx` is woken
+/// when it does).
+fn run_out(timer: &mut Option<Pin<Box<Sleep>>>, limit: Duration, cx: &mut Context<'_>) -> bool {
+    timer
+        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)))
+        .as_mut()
+        .poll(cx)
+        .is_ready()
 }
 
 impl std::fmt::Debug for GuardedStream {
@@ -256,16 +254,10 @@ impl AsyncRead for GuardedStream {
             }
             // Waiting for a request to begin is keep-alive, which Pingora times.
             Poll::Pending if !this.header_begun => Poll::Pending,
-            Poll::Pending => {
-                let header = this.timeouts.header;
-                let timer = this
-                    .header_timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(header)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(this.timed_out(ClientTimeout::Header))),
-                    Poll::Pending => Poll::Pending,
-                }
+            Poll::Pending if run_out(&mut this.header_timer, this.timeouts.header, cx) => {
+                Poll::Ready(Err(this.timed_out(ClientTimeout::Header)))
             }
+            Poll::Pending => Poll::Pending,
         }
     }
 }

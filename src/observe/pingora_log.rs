@@ -31,18 +31,15 @@ impl log::Log for Bridge {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        let mut prefixes = CLIENT_FAILURES
-            .iter()
-            .filter(|(target, _)| record.target() == *target)
-            .map(|(_, prefix)| *prefix)
-            .peekable();
-        if record.level() == log::Level::Error && prefixes.peek().is_some() {
+        let target = record.target();
+        let of_target = || CLIENT_FAILURES.iter().filter(move |(t, _)| *t == target);
+        if record.level() == log::Level::Error && of_target().next().is_some() {
             let text = record.args().to_string();
-            if prefixes.any(|prefix| text.starts_with(prefix)) {
+            if of_target().any(|(_, prefix)| text.starts_with(prefix)) {
                 self.0.log(
                     &log::Record::builder()
                         .level(log::Level::Info)
-                        .target(record.target())
+                        .target(target)
                         .module_path(record.module_path())
                         .file(record.file())
                         .line(record.line())

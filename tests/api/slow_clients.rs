@@ -98,9 +98,9 @@ pub(crate) async fn drip_until_cut_off<S: AsyncRead + AsyncWrite + Unpin>(stream
 
 #[tokio::test]
 async fn a_slow_header_in_time_a_slow_body_and_an_idle_keep_alive_are_all_served() {
-    let app = gateway("  client_header_timeout_ms: 600", Tweaks::default()).await;
+    let app = gateway("  client_header_timeout_ms: 1000", Tweaks::default()).await;
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
-    // A header in three pieces, 150 ms apart: complete within the timeout.
+    // A header in three pieces, 150 ms apart: whole 300 ms after it began, within the timeout.
     for piece in [
         "GET /app/first HTTP/1.1\r\n".to_string(),
         format!("Host: mpapi\r\nUser-App: {APPID}\r\n"),
@@ -114,8 +114,8 @@ async fn a_slow_header_in_time_a_slow_body_and_an_idle_keep_alive_are_all_served
     assert!(first.contains("/api/first"), "{first}");
 
     // Idle for longer than the header timeout: waiting for a request is not sending one.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    // Then a body a byte every 100 ms, 1.2 s in all: the header came whole, the body is not
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Then a body a byte every 150 ms, 1.8 s in all: the header came whole, the body is not
     // timed as one.
     let body = "slow-body-12";
     stream
@@ -130,7 +130,7 @@ async fn a_slow_header_in_time_a_slow_body_and_an_idle_keep_alive_are_all_served
         .await
         .unwrap();
     for byte in body.bytes() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
         stream.write_all(&[byte]).await.unwrap();
     }
     let second = read_response(&mut stream).await;

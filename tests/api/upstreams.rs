@@ -424,10 +424,7 @@ async fn after_a_reload_the_checks_verify_against_the_upstream_ca_as_read_again(
         "the second CA is not trusted yet"
     );
 
-    std::fs::copy(&second.cert, &ca_file).unwrap();
-    let yaml = crate::helpers::config_yaml(&app.database.url, &app.backends, &tweaks);
-    let config = mpapi::config::Config::parse(&yaml, &|_| None).unwrap();
-    let reloaded = app.gateway().reload(&config).await.unwrap();
+    let reloaded = reload_with_ca(&app, &tweaks, &ca_file, &second.cert).await;
     assert!(reloaded.needing_restart.is_empty(), "{reloaded:?}");
     // The pool is kept (same upstream list); its next check trusts the second CA, so its
     // handshake with that upstream completes (a rejected one never does). Requests cannot be
@@ -462,19 +459,12 @@ async fn after_a_reload_that_drops_a_ca_no_connection_it_verified_serves_again()
         ..Tweaks::default()
     };
     let app = TestApp::spawn_with(Db::Sqlite, tweaks.clone()).await;
-    let yaml = crate::helpers::config_yaml(&app.database.url, &app.backends, &tweaks);
-    let reload_with = |ca: &Path| {
-        std::fs::copy(ca, &ca_file).unwrap();
-        let config = mpapi::config::Config::parse(&yaml, &|_| None).unwrap();
-        let gateway = app.gateway();
-        async move { gateway.reload(&config).await.unwrap() }
-    };
     // Served over a connection verified against the first CA, which stays pooled.
     let (status, body) = app.get_app("/open", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
     // The first CA is no longer trusted: the next request must not ride the pooled connection.
-    reload_with(&second.cert).await;
+    reload_with_ca(&app, &tweaks, &ca_file, &second.cert).await;
     let (status, body) = app.get_app("/open", None).await;
     assert_eq!(
         status,
@@ -485,8 +475,8 @@ async fn after_a_reload_that_drops_a_ca_no_connection_it_verified_serves_again()
 
     // Trusted again, then a reload that reads the same certificates: the connection verified
     // against them serves on, with no new handshake.
-    reload_with(&first.cert).await;
-    reload_with(&first.cert).await;
+    reload_with_ca(&app, &tweaks, &ca_file, &first.cert).await;
+    reload_with_ca(&app, &tweaks, &ca_file, &first.cert).await;
     let handshakes = by_first.handshakes.load(Ordering::SeqCst);
     for _ in 0..3 {
         let (status, body) = app.get_app("/open", None).await;
@@ -498,6 +488,19 @@ async fn after_a_reload_that_drops_a_ca_no_connection_it_verified_serves_again()
         "a reload that changed no certificate dropped the pooled connections"
     );
     app.stop().await;
+}
+
+/// Put `ca` in `ca_file` (the file `server.upstream_ca` names) and reload the configuration.
+async fn reload_with_ca(
+    app: &TestApp,
+    tweaks: &Tweaks,
+    ca_file: &Path,
+    ca: &Path,
+) -> mpapi::state::Reloaded {
+    std::fs::copy(ca, ca_file).unwrap();
+    let yaml = crate::helpers::config_yaml(&app.database.url, &app.backends, tweaks);
+    let config = mpapi::config::Config::parse(&yaml, &|_| None).unwrap();
+    app.gateway().reload(&config).await.unwrap()
 }
 
 /// Within ten seconds, six requests in a row are served: the health checks have taken every

@@ -31,6 +31,14 @@ async fn timeouts(app: &TestApp, timeout: &str) -> f64 {
     )
 }
 
+/// Write the start of a request to the app, `method_path` (`GET /app/x`), with its `Host` and
+/// `User-App`, then `rest`: more header lines and the blank line that ends the header, or
+/// nothing to leave it open.
+async fn send_head<S: AsyncWrite + Unpin>(stream: &mut S, method_path: &str, rest: &str) {
+    let head = format!("{method_path} HTTP/1.1\r\nHost: mpapi\r\nUser-App: {APPID}\r\n{rest}");
+    stream.write_all(head.as_bytes()).await.unwrap();
+}
+
 /// Whether the gateway has closed `stream` (end of stream or reset) within `limit`, reading
 /// and dropping whatever comes before.
 async fn closed_within<S: AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> bool {
@@ -52,13 +60,7 @@ async fn a_header_sent_a_line_at_a_time_is_cut_off_at_the_header_timeout() {
     let mut fresh = TcpStream::connect(app.addr).await.unwrap();
     drip_until_cut_off(&mut fresh).await;
     let mut reused = TcpStream::connect(app.addr).await.unwrap();
-    reused
-        .write_all(
-            format!("GET /app/first HTTP/1.1\r\nHost: mpapi\r\nUser-App: {APPID}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
+    send_head(&mut reused, "GET /app/first", "\r\n").await;
     let first = read_response(&mut reused).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     drip_until_cut_off(&mut reused).await;
@@ -72,12 +74,7 @@ async fn a_header_sent_a_line_at_a_time_is_cut_off_at_the_header_timeout() {
 /// which must come after the 600 ms header timeout and within 10 s.
 pub(crate) async fn drip_until_cut_off<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let started = Instant::now();
-    stream
-        .write_all(
-            format!("GET /app/open HTTP/1.1\r\nHost: mpapi\r\nUser-App: {APPID}\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+    send_head(stream, "GET /app/open", "").await;
     for line in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Writing fails once the gateway has closed the connection, or reading ends.
@@ -118,17 +115,8 @@ async fn a_slow_header_in_time_a_slow_body_and_an_idle_keep_alive_are_all_served
     // Then a body a byte every 150 ms, 1.8 s in all: the header came whole, the body is not
     // timed as one.
     let body = "slow-body-12";
-    stream
-        .write_all(
-            format!(
-                "POST /app/second HTTP/1.1\r\nHost: mpapi\r\nUser-App: {APPID}\r\n\
-                 Content-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let length = format!("Content-Length: {}\r\n\r\n", body.len());
+    send_head(&mut stream, "POST /app/second", &length).await;
     for byte in body.bytes() {
         tokio::time::sleep(Duration::from_millis(150)).await;
         stream.write_all(&[byte]).await.unwrap();
@@ -161,13 +149,7 @@ async fn a_client_that_stops_reading_its_answer_is_cut_off_at_the_send_timeout()
     )
     .await;
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET /app/large HTTP/1.1\r\nHost: mpapi\r\nUser-App: {APPID}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
+    send_head(&mut stream, "GET /app/large", "\r\n").await;
     // Read nothing for a while, then everything there is.
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     let mut received = 0usize;

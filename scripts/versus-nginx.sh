@@ -90,6 +90,7 @@ cat >"$dir/mpapi.yaml" <<EOF
 server:
   listen: "127.0.0.1:$mpapi_port"
   threads: 1
+  client_keepalive_requests: 0   # as nginx's keepalive_requests above
 database:
   url: "sqlite://$dir/mpapi.db?mode=rwc"
 wechat:

@@ -31,7 +31,7 @@ use tokio::sync::broadcast;
 
 use crate::config::Config;
 use crate::gateway::respond;
-use crate::gateway::slow_clients::ClientTimeouts;
+use crate::gateway::slow_clients::ClientLimits;
 use crate::server::{proxy_service, reload, server_conf, start_core};
 use crate::shutdown::wait_for;
 use crate::state::State;
@@ -77,7 +77,7 @@ pub fn run(config: Config, options: ProcessOptions) -> Result<(), String> {
     let proxy = proxy_service(
         &server.configuration,
         cell.clone(),
-        ClientTimeouts::of(&config.server),
+        ClientLimits::of(&config.server),
         config.server.listen,
         config
             .server

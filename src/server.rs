@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::config::TlsConfig;
 use crate::gateway::Gateway;
-use crate::gateway::slow_clients::{ClientTimeouts, GuardedApp};
+use crate::gateway::slow_clients::{ClientLimits, GuardedApp};
 use crate::notify;
 use crate::shutdown::wait_for;
 use crate::sim::{self, Simulator};
@@ -250,8 +250,8 @@ async fn start(
         None => None,
     };
     let cell = Arc::new(OnceLock::from(state.clone()));
-    let timeouts = ClientTimeouts::of(&state.config.server);
-    let mut service = proxy_service(&server_conf, cell, timeouts, plain, tls)?;
+    let limits = ClientLimits::of(&state.config.server);
+    let mut service = proxy_service(&server_conf, cell, limits, plain, tls)?;
     let fds: ListenFds = Arc::new(Mutex::new(fds));
     workers.spawn(async move { service.start_service(Some(fds), shutdown, 1).await });
     Ok((state, dispatcher))
@@ -294,16 +294,17 @@ pub async fn start_core(
 
 /// The proxy service on `plain` and/or `tls`: the listeners are taken from the fd table the
 /// service starts with (inherited in an upgrade, handed over by the tests) or bound. Every
-/// connection is held to `timeouts`.
+/// connection is held to `limits`.
 pub fn proxy_service(
     server_conf: &Arc<ServerConf>,
     state: Arc<OnceLock<Arc<State>>>,
-    timeouts: ClientTimeouts,
+    limits: ClientLimits,
     plain: Option<SocketAddr>,
     tls: Option<(SocketAddr, Arc<CertificateResolver>)>,
 ) -> Result<ProxyService, StartError> {
-    let proxy = pingora_proxy::http_proxy(server_conf, Gateway::new(state.clone()));
-    let app = GuardedApp::new(proxy, timeouts, state);
+    let mut proxy = pingora_proxy::http_proxy(server_conf, Gateway::new(state.clone()));
+    proxy.server_options = Some(limits.server_options());
+    let app = GuardedApp::new(proxy, limits, state);
     let mut service = Service::new("mpapi".to_string(), app);
     if let Some(addr) = plain {
         service.add_tcp(&addr.to_string());

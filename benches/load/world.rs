@@ -284,6 +284,9 @@ pub fn config_yaml(
 server:
   listen: "127.0.0.1:0"
   threads: {threads}
+  # Unlimited, as for the bare pass-through and nginx: the generator keeps each connection
+  # for the whole run and counts a closed one as a failure.
+  client_keepalive_requests: 0
 database:
   url: "{database_url}"
 session:

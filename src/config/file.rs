@@ -68,6 +68,10 @@ pub struct ServerSection {
     pub client_header_timeout_ms: Option<u64>,
     /// How long a write to a client may make no progress.
     pub client_send_timeout_ms: Option<u64>,
+    /// How long a client connection may wait idle between requests.
+    pub client_keepalive_timeout_seconds: Option<u64>,
+    /// Requests one HTTP/1 client connection serves before it is closed; 0: no limit.
+    pub client_keepalive_requests: Option<u32>,
     pub health_check_interval_seconds: Option<u64>,
     /// CIDRs whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Option<Vec<String>>,

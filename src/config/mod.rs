@@ -150,6 +150,10 @@ pub struct ServerConfig {
     pub client_header_timeout: Duration,
     /// How long a write to a client may make no progress (clients that stop reading).
     pub client_send_timeout: Duration,
+    /// How long a client connection may wait idle between requests (HTTP/1 and HTTP/2).
+    pub client_keepalive_timeout: Duration,
+    /// Requests an HTTP/1 client connection serves before it is closed; `None`: no limit.
+    pub client_keepalive_requests: Option<u32>,
     pub health_check_interval: Duration,
     /// Peers whose `X-Forwarded-For` chain is believed (none by default).
     pub trusted_proxies: TrustedProxies,
@@ -324,6 +328,14 @@ impl Config {
                 old_server.client_send_timeout != new_server.client_send_timeout,
             ),
             (
+                "server.client_keepalive_timeout_seconds",
+                old_server.client_keepalive_timeout != new_server.client_keepalive_timeout,
+            ),
+            (
+                "server.client_keepalive_requests",
+                old_server.client_keepalive_requests != new_server.client_keepalive_requests,
+            ),
+            (
                 "server.health_check_interval_seconds",
                 old_server.health_check_interval != new_server.health_check_interval,
             ),
@@ -476,6 +488,12 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         upstream_read_timeout: millis(file.server.upstream_read_timeout_ms, 30_000),
         client_header_timeout: millis(file.server.client_header_timeout_ms, 10_000),
         client_send_timeout: millis(file.server.client_send_timeout_ms, 60_000),
+        client_keepalive_timeout: Duration::from_secs(positive(
+            "server.client_keepalive_timeout_seconds",
+            file.server.client_keepalive_timeout_seconds.unwrap_or(60),
+        )?),
+        client_keepalive_requests: Some(file.server.client_keepalive_requests.unwrap_or(1_000))
+            .filter(|&limit| limit > 0),
         health_check_interval: Duration::from_secs(
             file.server
                 .health_check_interval_seconds

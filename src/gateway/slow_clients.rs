@@ -14,9 +14,13 @@
 //! when `request_filter` runs ([`header_received`]), and the next one may begin once the
 //! request is logged ([`request_done`]). A header that arrives in one read (almost all of
 //! them) never starts a timer: the clock starts only when a read finds nothing more to read
-//! while a begun header is incomplete, and likewise for a write that cannot proceed. An idle
-//! keep-alive connection is Pingora's to time (60 s); a request body is read under Pingora's
-//! per-read timeout.
+//! while a begun header is incomplete, and likewise for a write that cannot proceed. A request
+//! body is read under Pingora's per-read timeout.
+//!
+//! Idle connections are Pingora's to time, once told how long: [`request_done`] sets the wait
+//! for the next request (`server.client_keepalive_timeout_seconds`), which Pingora would
+//! otherwise leave unlimited, and [`ClientLimits::server_options`] the idle time of an HTTP/2
+//! connection and the requests an HTTP/1 one serves (`server.client_keepalive_requests`).
 //!
 //! HTTP/2 connections are left as they are: a header there is a frame of a multiplexed
 //! stream, which the h2 layer reads.
@@ -30,7 +34,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
@@ -47,37 +51,54 @@ use crate::observe::Metrics;
 use crate::observe::metrics::ClientTimeout;
 use crate::state::State;
 
-/// How long a client may take.
+/// How long a client may take, and how long and how much its connection may serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientTimeouts {
+pub struct ClientLimits {
     /// From a request's first byte to the end of its header.
     pub header: Duration,
     /// A write to the client that makes no progress.
     pub send: Duration,
+    /// An idle wait for the connection's next request (whole seconds: Pingora's unit).
+    pub keepalive: Duration,
+    /// Requests an HTTP/1 connection serves; `None`: no limit.
+    pub keepalive_requests: Option<u32>,
 }
 
-impl ClientTimeouts {
+impl ClientLimits {
     pub fn of(server: &ServerConfig) -> Self {
         Self {
             header: server.client_header_timeout,
             send: server.client_send_timeout,
+            keepalive: server.client_keepalive_timeout,
+            keepalive_requests: server.client_keepalive_requests,
         }
+    }
+
+    /// The limits Pingora keeps itself: how many requests an HTTP/1 connection serves, and how
+    /// long an HTTP/2 connection with no stream open stays (Pingora's default for both: for
+    /// good).
+    pub fn server_options(&self) -> HttpServerOptions {
+        let mut options = HttpServerOptions::default();
+        // Pingora counts the reuses of a connection, one fewer than its requests.
+        options.keepalive_request_limit = self.keepalive_requests.map(|limit| limit - 1);
+        options.h2_idle_timeout = Some(self.keepalive);
+        options
     }
 }
 
 /// A Pingora application whose connections are each wrapped in a [`GuardedStream`].
 pub struct GuardedApp<A> {
     app: Arc<A>,
-    timeouts: ClientTimeouts,
+    limits: ClientLimits,
     /// Where the metrics are, once the state is built (`mpapi_client_timeouts_total`).
     state: Arc<OnceLock<Arc<State>>>,
 }
 
 impl<A> GuardedApp<A> {
-    pub fn new(app: A, timeouts: ClientTimeouts, state: Arc<OnceLock<Arc<State>>>) -> Self {
+    pub fn new(app: A, limits: ClientLimits, state: Arc<OnceLock<Arc<State>>>) -> Self {
         Self {
             app: Arc::new(app),
-            timeouts,
+            limits,
             state,
         }
     }
@@ -103,7 +124,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
             stream
         } else {
             let metrics = self.state.get().map(|state| state.metrics.clone());
-            Box::new(GuardedStream::new(stream, self.timeouts, metrics))
+            Box::new(GuardedStream::new(stream, self.limits, metrics))
         };
         self.app.process_new(stream, shutdown)
     }
@@ -123,7 +144,7 @@ const PAST_HEADER: u8 = 2;
 /// A client connection that times a begun header and a stalled write.
 pub struct GuardedStream {
     inner: Stream,
-    timeouts: ClientTimeouts,
+    limits: ClientLimits,
     metrics: Option<Arc<Metrics>>,
     /// [`AWAITING_HEADER`], [`READING_HEADER`] or [`PAST_HEADER`]. The gateway moves it
     /// through a shared reference (its session holds the stream); only the connection's own
@@ -138,7 +159,7 @@ pub struct GuardedStream {
 }
 
 impl GuardedStream {
-    fn new(inner: Stream, timeouts: ClientTimeouts, metrics: Option<Arc<Metrics>>) -> Self {
+    fn new(inner: Stream, limits: ClientLimits, metrics: Option<Arc<Metrics>>) -> Self {
         // HTTP/2 frames its own headers; nothing here knows where one ends.
         let phase = if inner.selected_alpn_proto() == Some(ALPN::H2) {
             PAST_HEADER
@@ -147,7 +168,7 @@ impl GuardedStream {
         };
         Self {
             inner,
-            timeouts,
+            limits,
             metrics,
             phase: AtomicU8::new(phase),
             header_begun: false,
@@ -178,7 +199,7 @@ impl GuardedStream {
         poll: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         match poll {
-            Poll::Pending if run_out(&mut self.send_timer, self.timeouts.send, cx) => {
+            Poll::Pending if run_out(&mut self.send_timer, self.limits.send, cx) => {
                 Poll::Ready(Err(self.timed_out(ClientTimeout::Send)))
             }
             Poll::Pending => Poll::Pending,
@@ -204,7 +225,7 @@ impl std::fmt::Debug for GuardedStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuardedStream")
             .field("inner", &self.inner)
-            .field("timeouts", &self.timeouts)
+            .field("limits", &self.limits)
             .field("phase", &self.phase)
             .finish_non_exhaustive()
     }
@@ -222,10 +243,19 @@ pub fn header_received(session: &HttpSession) {
     }
 }
 
-/// The request is over: the connection's next bytes begin the next header.
-pub fn request_done(session: &HttpSession) {
-    if let Some(stream) = guarded(session) {
-        stream.phase.store(AWAITING_HEADER, Ordering::Relaxed);
+/// The request is over: the connection's next bytes begin the next header, which it may wait
+/// for `server.client_keepalive_timeout_seconds`.
+pub fn request_done(session: &mut HttpSession) {
+    let Some(stream) = guarded(session) else {
+        return;
+    };
+    stream.phase.store(AWAITING_HEADER, Ordering::Relaxed);
+    let keepalive = stream.limits.keepalive.as_secs();
+    // Pingora gives a connection 60 s for its first request, but once a request has asked for
+    // keep-alive (HTTP/1.1's default) it waits for the next one without a limit (`Some(0)`):
+    // an idle connection would stay open for good. `None` is no keep-alive, left as it is.
+    if session.get_keepalive() == Some(0) {
+        session.set_keepalive(Some(keepalive));
     }
 }
 
@@ -254,7 +284,7 @@ impl AsyncRead for GuardedStream {
             }
             // Waiting for a request to begin is keep-alive, which Pingora times.
             Poll::Pending if !this.header_begun => Poll::Pending,
-            Poll::Pending if run_out(&mut this.header_timer, this.timeouts.header, cx) => {
+            Poll::Pending if run_out(&mut this.header_timer, this.limits.header, cx) => {
                 Poll::Ready(Err(this.timed_out(ClientTimeout::Header)))
             }
             Poll::Pending => Poll::Pending,

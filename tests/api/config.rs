@@ -201,6 +201,27 @@ fn problems_of_the_whole_file_carry_no_made_up_key() {
 }
 
 #[test]
+fn an_idle_timeout_of_zero_is_refused_and_no_request_limit_is_allowed() {
+    let error = parse(&VALID.replace(
+        "server: {",
+        "server: { client_keepalive_timeout_seconds: 0,",
+    ))
+    .unwrap_err();
+    assert!(
+        error.starts_with("server.client_keepalive_timeout_seconds")
+            && error.contains("greater than zero"),
+        "{error}"
+    );
+    let unlimited =
+        parse(&VALID.replace("server: {", "server: { client_keepalive_requests: 0,")).unwrap();
+    assert_eq!(unlimited.server.client_keepalive_requests, None);
+    assert_eq!(
+        parse(VALID).unwrap().server.client_keepalive_requests,
+        Some(1_000)
+    );
+}
+
+#[test]
 fn a_missing_file_is_named_once() {
     let missing = std::env::temp_dir().join("mpapi-no-such-config.yaml");
     let refused = Command::new(env!("CARGO_BIN_EXE_mpapi"))

@@ -1,7 +1,8 @@
 //! Clients too slow to serve lose their connection: a header still incomplete
 //! `server.client_header_timeout_ms` after its first byte, a write to a client that has read
-//! nothing for `server.client_send_timeout_ms`. Slow bodies and idle keep-alive connections are
-//! not theirs to cut.
+//! nothing for `server.client_send_timeout_ms`. Slow bodies are not theirs to cut, nor a
+//! keep-alive connection idle for less than `server.client_keepalive_timeout_seconds`; one
+//! idle longer is closed, and so is one that has served `server.client_keepalive_requests`.
 
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,7 @@ async fn send_head<S: AsyncWrite + Unpin>(stream: &mut S, method_path: &str, res
 
 /// Whether the gateway has closed `stream` (end of stream or reset) within `limit`, reading
 /// and dropping whatever comes before.
-async fn closed_within<S: AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> bool {
+pub(crate) async fn closed_within<S: AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     let mut chunk = [0u8; 64 * 1024];
     loop {
@@ -171,5 +172,49 @@ async fn a_client_that_stops_reading_its_answer_is_cut_off_at_the_send_timeout()
     client_failures_are_logged_at_info("server.client_send_timeout_ms").await;
     assert_eq!(timeouts(&app, "send").await, 1.0);
     assert_eq!(timeouts(&app, "header").await, 0.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_idle_longer_than_the_keepalive_timeout_is_closed() {
+    let app = gateway("  client_keepalive_timeout_seconds: 1", Tweaks::default()).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    send_head(&mut stream, "GET /app/first", "\r\n").await;
+    let first = read_response(&mut stream).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // Idle for less than the timeout: the connection serves the next request.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    send_head(&mut stream, "GET /app/second", "\r\n").await;
+    let second = read_response(&mut stream).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    // Idle for longer: it is closed, a second after the answer, not at once.
+    let idle = Instant::now();
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(5)).await,
+        "a connection idle for 5 s is still open"
+    );
+    let took = idle.elapsed();
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_has_served_its_keepalive_requests_is_closed() {
+    let app = gateway("  client_keepalive_requests: 3", Tweaks::default()).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    for request in 1..=3 {
+        send_head(&mut stream, &format!("GET /app/{request}"), "\r\n").await;
+        let answer = read_response(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // The last answer says so, and the client opens a new connection for the next.
+        let closing = answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n");
+        assert_eq!(closing, request == 3, "request {request}: {answer}");
+    }
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(2)).await,
+        "the connection is still open after its last request"
+    );
     app.stop().await;
 }

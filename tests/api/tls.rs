@@ -249,6 +249,36 @@ async fn over_tls_a_slow_header_is_cut_off_and_http2_is_not_timed_as_one() {
 }
 
 #[tokio::test]
+async fn an_http2_connection_idle_longer_than_the_keepalive_timeout_is_closed() {
+    let Some(world) = TlsWorld::start_with(Tweaks {
+        server: Some("  client_keepalive_timeout_seconds: 1".to_string()),
+        ..Tweaks::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let mut connection = world.raw_connection(HOST, b"h2").await;
+    // HTTP/2's connection preface and an empty SETTINGS frame, then no stream.
+    connection
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let idle = std::time::Instant::now();
+    assert!(
+        crate::slow_clients::closed_within(&mut connection, std::time::Duration::from_secs(5))
+            .await,
+        "an HTTP/2 connection idle for 5 s is still open"
+    );
+    let took = idle.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(900),
+        "closed after {took:?}"
+    );
+    world.stop().await;
+}
+
+#[tokio::test]
 async fn reloaded_certificates_serve_new_handshakes_without_a_restart() {
     let Some(world) = TlsWorld::start().await else {
         return;

@@ -72,6 +72,8 @@ pub struct ServerSection {
     pub client_keepalive_timeout_seconds: Option<u64>,
     /// Requests one HTTP/1 client connection serves before it is closed; 0: no limit.
     pub client_keepalive_requests: Option<u32>,
+    /// Connections one client address may have open at once; 0: no cap.
+    pub client_connections_per_address: Option<u32>,
     pub health_check_interval_seconds: Option<u64>,
     /// CIDRs whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Option<Vec<String>>,

@@ -154,6 +154,8 @@ pub struct ServerConfig {
     pub client_keepalive_timeout: Duration,
     /// Requests an HTTP/1 client connection serves before it is closed; `None`: no limit.
     pub client_keepalive_requests: Option<u32>,
+    /// Connections one client address (the TCP peer) may have open at once; 0: no cap.
+    pub client_connections_per_address: u32,
     pub health_check_interval: Duration,
     /// Peers whose `X-Forwarded-For` chain is believed (none by default).
     pub trusted_proxies: TrustedProxies,
@@ -336,6 +338,11 @@ impl Config {
                 old_server.client_keepalive_requests != new_server.client_keepalive_requests,
             ),
             (
+                "server.client_connections_per_address",
+                old_server.client_connections_per_address
+                    != new_server.client_connections_per_address,
+            ),
+            (
                 "server.health_check_interval_seconds",
                 old_server.health_check_interval != new_server.health_check_interval,
             ),
@@ -494,6 +501,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         )?),
         client_keepalive_requests: Some(file.server.client_keepalive_requests.unwrap_or(1_000))
             .filter(|&limit| limit > 0),
+        client_connections_per_address: file.server.client_connections_per_address.unwrap_or(0),
         health_check_interval: Duration::from_secs(
             file.server
                 .health_check_interval_seconds

@@ -17,8 +17,10 @@
 //! ```
 //!
 //! Beneath the phases, every client connection runs in a `slow_clients::GuardedStream`, which
-//! cuts off a header that trickles in and an answer nobody reads.
+//! cuts off a header that trickles in and an answer nobody reads, and, when a cap is set,
+//! holds the connection's place under its address's cap (`connection_cap`).
 
+pub mod connection_cap;
 pub mod ctx;
 pub mod forwarded;
 pub mod health;

@@ -45,8 +45,10 @@ use pingora::server::ShutdownWatch;
 use pingora_proxy::Session as HttpSession;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+use tracing::debug;
 
 use crate::config::ServerConfig;
+use crate::gateway::connection_cap::{ConnectionCap, ConnectionSlot};
 use crate::observe::Metrics;
 use crate::observe::metrics::ClientTimeout;
 use crate::state::State;
@@ -62,6 +64,8 @@ pub struct ClientLimits {
     pub keepalive: Duration,
     /// Requests an HTTP/1 connection serves; `None`: no limit.
     pub keepalive_requests: Option<u32>,
+    /// Connections one client address may have open at once; 0: no cap.
+    pub connections_per_address: u32,
 }
 
 impl ClientLimits {
@@ -71,6 +75,7 @@ impl ClientLimits {
             send: server.client_send_timeout,
             keepalive: server.client_keepalive_timeout,
             keepalive_requests: server.client_keepalive_requests,
+            connections_per_address: server.client_connections_per_address,
         }
     }
 
@@ -86,10 +91,13 @@ impl ClientLimits {
     }
 }
 
-/// A Pingora application whose connections are each wrapped in a [`GuardedStream`].
+/// A Pingora application whose connections are each wrapped in a [`GuardedStream`], once
+/// admitted under the cap of their address.
 pub struct GuardedApp<A> {
     app: Arc<A>,
     limits: ClientLimits,
+    /// `server.client_connections_per_address`, when set.
+    cap: Option<Arc<ConnectionCap>>,
     /// Where the metrics are, once the state is built (`mpapi_client_timeouts_total`).
     state: Arc<OnceLock<Arc<State>>>,
 }
@@ -98,6 +106,7 @@ impl<A> GuardedApp<A> {
     pub fn new(app: A, limits: ClientLimits, state: Arc<OnceLock<Arc<State>>>) -> Self {
         Self {
             app: Arc::new(app),
+            cap: ConnectionCap::new(limits.connections_per_address),
             limits,
             state,
         }
@@ -124,13 +133,51 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
             stream
         } else {
             let metrics = self.state.get().map(|state| state.metrics.clone());
-            Box::new(GuardedStream::new(stream, self.limits, metrics))
+            let slot = match self.admit(&stream, metrics.as_deref()) {
+                Admitted::Yes(slot) => slot,
+                // Dropping the stream closes the connection.
+                Admitted::No => return Box::pin(std::future::ready(None)),
+            };
+            Box::new(GuardedStream::new(stream, self.limits, metrics, slot))
         };
         self.app.process_new(stream, shutdown)
     }
 
     async fn cleanup(&self) {
         self.app.cleanup().await
+    }
+}
+
+/// Whether a new connection may be served.
+enum Admitted {
+    /// Yes, holding this place under its address's cap (none when there is no cap, or the
+    /// connection has no IP address).
+    Yes(Option<ConnectionSlot>),
+    /// No: its address already has as many connections open as the cap allows.
+    No,
+}
+
+impl<A> GuardedApp<A> {
+    fn admit(&self, stream: &Stream, metrics: Option<&Metrics>) -> Admitted {
+        let Some(cap) = &self.cap else {
+            return Admitted::Yes(None);
+        };
+        let client = stream
+            .get_socket_digest()
+            .and_then(|digest| digest.peer_addr().and_then(|addr| addr.as_inet()).copied());
+        let Some(client) = client else {
+            return Admitted::Yes(None);
+        };
+        match cap.admit(client.ip()) {
+            Some(slot) => Admitted::Yes(Some(slot)),
+            None => {
+                if let Some(metrics) = metrics {
+                    metrics.client_connection_refused();
+                }
+                debug!(client = %client.ip(), "connection over server.client_connections_per_address closed");
+                Admitted::No
+            }
+        }
     }
 }
 
@@ -156,10 +203,17 @@ pub struct GuardedStream {
     header_timer: Option<Pin<Box<Sleep>>>,
     /// Running while a write to the client cannot proceed.
     send_timer: Option<Pin<Box<Sleep>>>,
+    /// The connection's place under its address's cap, freed when the connection is dropped.
+    _slot: Option<ConnectionSlot>,
 }
 
 impl GuardedStream {
-    fn new(inner: Stream, limits: ClientLimits, metrics: Option<Arc<Metrics>>) -> Self {
+    fn new(
+        inner: Stream,
+        limits: ClientLimits,
+        metrics: Option<Arc<Metrics>>,
+        slot: Option<ConnectionSlot>,
+    ) -> Self {
         // HTTP/2 frames its own headers; nothing here knows where one ends.
         let phase = if inner.selected_alpn_proto() == Some(ALPN::H2) {
             PAST_HEADER
@@ -174,6 +228,7 @@ impl GuardedStream {
             header_begun: false,
             header_timer: None,
             send_timer: None,
+            _slot: slot,
         }
     }
 

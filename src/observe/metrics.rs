@@ -182,6 +182,8 @@ pub struct Metrics {
     access_log_dropped: IntCounter,
     /// Connections closed for a slow header, then for a client that stopped reading.
     client_timeouts: [IntCounter; 2],
+    /// Connections closed on arrival: their address had `server.client_connections_per_address`.
+    client_connections_refused: IntCounter,
     /// When the store-backed gauges were last read.
     store_gauges_read: Mutex<Option<Instant>>,
 }
@@ -376,6 +378,12 @@ impl Metrics {
             ),
             client_timeouts: ["header", "send"]
                 .map(|timeout| client_timeouts.with_label_values(&[timeout])),
+            client_connections_refused: counter(
+                &r,
+                "mpapi_client_connections_refused_total",
+                "Client connections closed on arrival: their address already had \
+                 server.client_connections_per_address open.",
+            ),
             store_gauges_read: Mutex::new(None),
             registry: r,
         })
@@ -446,6 +454,10 @@ impl Metrics {
 
     pub fn client_timed_out(&self, timeout: ClientTimeout) {
         self.client_timeouts[timeout as usize].inc();
+    }
+
+    pub fn client_connection_refused(&self) {
+        self.client_connections_refused.inc();
     }
 
     pub fn access_log_dropped(&self) {

@@ -3,6 +3,7 @@
 //! nothing for `server.client_send_timeout_ms`. Slow bodies are not theirs to cut, nor a
 //! keep-alive connection idle for less than `server.client_keepalive_timeout_seconds`; one
 //! idle longer is closed, and so is one that has served `server.client_keepalive_requests`.
+//! An address with `server.client_connections_per_address` open has any more closed.
 
 use std::time::{Duration, Instant};
 
@@ -217,4 +218,56 @@ async fn a_connection_that_has_served_its_keepalive_requests_is_closed() {
         "the connection is still open after its last request"
     );
     app.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_per_address_cap_are_closed_until_one_of_them_closes() {
+    let app = gateway("  client_connections_per_address: 2", Tweaks::default()).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        send_head(&mut stream, "GET /app/held", "\r\n").await;
+        let answer = read_response(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        held.push(stream);
+    }
+    // A third from the same address is closed unanswered.
+    let mut third = TcpStream::connect(app.addr).await.unwrap();
+    send_head(&mut third, "GET /app/third", "\r\n").await;
+    assert!(
+        closed_within(&mut third, Duration::from_secs(2)).await,
+        "a third connection was served"
+    );
+    assert_eq!(refused(&app).await, 1.0);
+    // One of the two closes: a new connection takes its place, once the gateway has seen it go.
+    drop(held.remove(0));
+    let mut served = None;
+    for _ in 0..50 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        send_head(&mut stream, "GET /app/next", "\r\n").await;
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => {
+                served = Some(String::from_utf8_lossy(&chunk[..n]).into_owned());
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let served = served.expect("no connection was served after one of the two closed");
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    // The connection still open was never cut.
+    send_head(&mut held[0], "GET /app/again", "\r\n").await;
+    let again = read_response(&mut held[0]).await;
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+    app.stop().await;
+}
+
+/// `mpapi_client_connections_refused_total`.
+async fn refused(app: &TestApp) -> f64 {
+    value(
+        &scrape(app).await,
+        "mpapi_client_connections_refused_total",
+        &[],
+    )
 }

@@ -23,8 +23,9 @@
 //! its app by `User-App` (or `?appid=`), its `User-Token` is checked against the session cache
 //! (the store only on a miss), and the request goes to the app's next healthy upstream with
 //! client-sent identity headers stripped and the session's own injected. Beneath it all, each
-//! client connection is timed while a header arrives and while an answer waits to be read
-//! (`gateway::slow_clients`).
+//! client connection is timed while a header arrives, while an answer waits to be read and
+//! while it waits idle for the next request (`gateway::slow_clients`), and counted under its
+//! address's cap when one is set (`gateway::connection_cap`).
 //!
 //! # Unsafe code
 //! Denied everywhere but one function, `gateway::identity::shared_value`, whose invariant is

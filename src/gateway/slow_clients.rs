@@ -98,7 +98,8 @@ pub struct GuardedApp<A> {
     limits: ClientLimits,
     /// `server.client_connections_per_address`, when set.
     cap: Option<Arc<ConnectionCap>>,
-    /// Where the metrics are, once the state is built (`mpapi_client_timeouts_total`).
+    /// Where the metrics are, once the state is built (`mpapi_client_timeouts_total`,
+    /// `mpapi_client_connections_refused_total`).
     state: Arc<OnceLock<Arc<State>>>,
 }
 
@@ -174,7 +175,10 @@ impl<A> GuardedApp<A> {
                 if let Some(metrics) = metrics {
                     metrics.client_connection_refused();
                 }
-                debug!(client = %client.ip(), "connection over server.client_connections_per_address closed");
+                debug!(
+                    client = %client.ip(),
+                    "connection over server.client_connections_per_address closed"
+                );
                 Admitted::No
             }
         }
@@ -188,7 +192,8 @@ const READING_HEADER: u8 = 1;
 /// The header is whole: reads are the body, or nothing.
 const PAST_HEADER: u8 = 2;
 
-/// A client connection that times a begun header and a stalled write.
+/// A client connection that times a begun header and a stalled write, and holds its place
+/// under its address's cap.
 pub struct GuardedStream {
     inner: Stream,
     limits: ClientLimits,

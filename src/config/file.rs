@@ -64,7 +64,8 @@ pub struct ServerSection {
     pub body_limit: Option<usize>,
     pub upstream_connect_timeout_ms: Option<u64>,
     pub upstream_read_timeout_ms: Option<u64>,
-    /// From a request's first byte to the end of its header.
+    /// From a request's first byte (a new connection's first request: from its opening) to the
+    /// end of its header.
     pub client_header_timeout_ms: Option<u64>,
     /// How long a write to a client may make no progress.
     pub client_send_timeout_ms: Option<u64>,

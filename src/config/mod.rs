@@ -146,7 +146,8 @@ pub struct ServerConfig {
     pub body_limit: usize,
     pub upstream_connect_timeout: Duration,
     pub upstream_read_timeout: Duration,
-    /// From a request's first byte to the end of its header (slow-header clients).
+    /// From a request's first byte (a new connection's first request: from its opening) to the
+    /// end of its header (slow-header clients).
     pub client_header_timeout: Duration,
     /// How long a write to a client may make no progress (clients that stop reading).
     pub client_send_timeout: Duration,

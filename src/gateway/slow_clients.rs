@@ -1,21 +1,25 @@
 //! Clients too slow to serve: one that takes longer than `server.client_header_timeout_ms` to
-//! send a request header once it has begun, and one that stops reading its answer for
-//! `server.client_send_timeout_ms`. Either loses its connection.
+//! send a request header once it has begun (on a new connection, once the connection is
+//! open), and one that stops reading its answer for `server.client_send_timeout_ms`. Either
+//! loses its connection.
 //!
 //! Pingora times each read on its own (60 s), so a client that sends its header a byte a
 //! minute holds a connection, its task and its buffers as long as it likes: many such clients
-//! exhaust a proxy without sending anything of note (slowloris). Nor does it time writes to a
-//! client, so one that stops reading holds its request, and its upstream connection, forever.
-//! nginx bounds both (`client_header_timeout`, `send_timeout`); so does mpapi, by wrapping
-//! each accepted connection ([`GuardedApp`]) in a stream that keeps the two clocks
+//! exhaust a proxy without sending anything of note (slowloris). A client that opens
+//! connections and sends nothing on them holds each for Pingora's 60 s. Nor does Pingora time
+//! writes to a client, so one that stops reading holds its request, and its upstream
+//! connection, forever. nginx bounds all three (`client_header_timeout`, which also times a
+//! new connection's wait for its first request, and `send_timeout`); so does mpapi, by
+//! wrapping each accepted connection ([`GuardedApp`]) in a stream that keeps the two clocks
 //! ([`GuardedStream`]).
 //!
 //! The stream cannot tell a header from a body, so the gateway tells it: the header is whole
 //! when `request_filter` runs ([`header_received`]), and the next one may begin once the
 //! request is logged ([`request_done`]). A header that arrives in one read (almost all of
 //! them) never starts a timer: the clock starts only when a read finds nothing more to read
-//! while a begun header is incomplete, and likewise for a write that cannot proceed. A request
-//! body is read under Pingora's per-read timeout.
+//! while a begun header is incomplete, or a new connection's first request has not begun yet,
+//! and likewise for a write that cannot proceed. A request body is read under Pingora's
+//! per-read timeout.
 //!
 //! Idle connections are Pingora's to time, once told how long: [`request_done`] sets the wait
 //! for the next request (`server.client_keepalive_timeout_seconds`), which Pingora would
@@ -56,7 +60,8 @@ use crate::state::State;
 /// How long a client may take, and how long and how much its connection may serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientLimits {
-    /// From a request's first byte to the end of its header.
+    /// From a request's first byte to the end of its header (from the opening, for a
+    /// connection's first).
     pub header: Duration,
     /// A write to the client that makes no progress.
     pub send: Duration,
@@ -186,11 +191,16 @@ impl<A> GuardedApp<A> {
 }
 
 /// Where the connection's current request is: what its reads are.
-const AWAITING_HEADER: u8 = 0;
+///
+/// A new connection: its first header is timed from its first read, bytes or not.
+const NEW_CONNECTION: u8 = 0;
+/// Between requests: the next header is timed from its first byte (until then, the wait is
+/// keep-alive, which Pingora times).
+const AWAITING_HEADER: u8 = 1;
 /// Reads are a header, and the timer state belongs to it.
-const READING_HEADER: u8 = 1;
+const READING_HEADER: u8 = 2;
 /// The header is whole: reads are the body, or nothing.
-const PAST_HEADER: u8 = 2;
+const PAST_HEADER: u8 = 3;
 
 /// A client connection that times a begun header and a stalled write, and holds its place
 /// under its address's cap.
@@ -198,11 +208,12 @@ pub struct GuardedStream {
     inner: Stream,
     limits: ClientLimits,
     metrics: Option<Arc<Metrics>>,
-    /// [`AWAITING_HEADER`], [`READING_HEADER`] or [`PAST_HEADER`]. The gateway moves it
+    /// [`NEW_CONNECTION`], [`AWAITING_HEADER`], [`READING_HEADER`] or [`PAST_HEADER`]. The
+    /// gateway moves it
     /// through a shared reference (its session holds the stream); only the connection's own
     /// task touches it, so ordering is moot.
     phase: AtomicU8,
-    /// A byte of the current header has arrived.
+    /// A byte of the current header has arrived, or the connection is waiting for its first.
     header_begun: bool,
     /// Running while a begun header waits for more bytes.
     header_timer: Option<Pin<Box<Sleep>>>,
@@ -223,7 +234,7 @@ impl GuardedStream {
         let phase = if inner.selected_alpn_proto() == Some(ALPN::H2) {
             PAST_HEADER
         } else {
-            AWAITING_HEADER
+            NEW_CONNECTION
         };
         Self {
             inner,
@@ -311,8 +322,8 @@ pub fn request_done(session: &mut HttpSession) {
     };
     stream.phase.store(AWAITING_HEADER, Ordering::Relaxed);
     let keepalive = stream.limits.keepalive.as_secs();
-    // Pingora gives a connection 60 s for its first request, but once a request has asked for
-    // keep-alive (HTTP/1.1's default) it waits for the next one without a limit (`Some(0)`):
+    // Once a request has asked for keep-alive (HTTP/1.1's default), Pingora waits for the
+    // next one without a limit (`Some(0)`):
     // an idle connection would stay open for good. `None` is no keep-alive, left as it is.
     if session.get_keepalive() == Some(0) {
         session.set_keepalive(Some(keepalive));
@@ -330,9 +341,11 @@ impl AsyncRead for GuardedStream {
         if phase == PAST_HEADER {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
-        if phase == AWAITING_HEADER {
-            // A new request: nothing of the last header's timing carries over.
-            this.header_begun = false;
+        if phase == AWAITING_HEADER || phase == NEW_CONNECTION {
+            // A new request: nothing of the last header's timing carries over. A new
+            // connection's wait for its first byte counts as its header's, as nginx's
+            // `client_header_timeout` counts it: otherwise Pingora's 60 s would apply.
+            this.header_begun = phase == NEW_CONNECTION;
             this.header_timer = None;
             this.phase.store(READING_HEADER, Ordering::Relaxed);
         }
@@ -342,7 +355,7 @@ impl AsyncRead for GuardedStream {
                 this.header_begun |= buf.filled().len() > filled;
                 Poll::Ready(result)
             }
-            // Waiting for a request to begin is keep-alive, which Pingora times.
+            // Waiting for a later request to begin is keep-alive, which Pingora times.
             Poll::Pending if !this.header_begun => Poll::Pending,
             Poll::Pending if run_out(&mut this.header_timer, this.limits.header, cx) => {
                 Poll::Ready(Err(this.timed_out(ClientTimeout::Header)))

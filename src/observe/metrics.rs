@@ -191,7 +191,8 @@ pub struct Metrics {
 /// Why a client connection was closed for slowness (the `timeout` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientTimeout {
-    /// Its request header was still incomplete `server.client_header_timeout_ms` after it began.
+    /// Its request header was still incomplete `server.client_header_timeout_ms` after it began
+    /// (or after its connection opened, for the first).
     Header = 0,
     /// It read nothing of its answer for `server.client_send_timeout_ms`.
     Send = 1,

@@ -1,6 +1,7 @@
 //! Clients too slow to serve lose their connection: a header still incomplete
-//! `server.client_header_timeout_ms` after its first byte, a write to a client that has read
-//! nothing for `server.client_send_timeout_ms`. Slow bodies are not theirs to cut, nor a
+//! `server.client_header_timeout_ms` after its first byte (on a new connection, after the
+//! connection opened), a write to a client that has read nothing for
+//! `server.client_send_timeout_ms`. Slow bodies are not theirs to cut, nor a
 //! keep-alive connection idle for less than `server.client_keepalive_timeout_seconds`; one
 //! idle longer is closed, and so is one that has served `server.client_keepalive_requests`.
 //! An address with `server.client_connections_per_address` open has any more closed.
@@ -68,6 +69,26 @@ async fn a_header_sent_a_line_at_a_time_is_cut_off_at_the_header_timeout() {
     drip_until_cut_off(&mut reused).await;
     client_failures_are_logged_at_info("server.client_header_timeout_ms").await;
     assert_eq!(timeouts(&app, "header").await, 2.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+    let app = gateway("  client_header_timeout_ms: 600", Tweaks::default()).await;
+    let opened = Instant::now();
+    let mut silent = TcpStream::connect(app.addr).await.unwrap();
+    // Pingora alone would wait 60 s for the first request.
+    assert!(closed_within(&mut silent, Duration::from_secs(10)).await);
+    let took = opened.elapsed();
+    assert!(took >= Duration::from_millis(500), "closed after {took:?}");
+    assert_eq!(timeouts(&app, "header").await, 1.0);
+    // One that begins its request within the timeout is served.
+    let mut prompt = TcpStream::connect(app.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_head(&mut prompt, "GET /app/prompt", "\r\n").await;
+    let answer = read_response(&mut prompt).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(timeouts(&app, "header").await, 1.0);
     app.stop().await;
 }
 

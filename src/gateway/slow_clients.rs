@@ -21,10 +21,14 @@
 //! and likewise for a write that cannot proceed. A request body is read under Pingora's
 //! per-read timeout.
 //!
-//! Idle connections are Pingora's to time, once told how long: [`request_done`] sets the wait
-//! for the next request (`server.client_keepalive_timeout_seconds`), which Pingora would
-//! otherwise leave unlimited, and [`ClientLimits::server_options`] the idle time of an HTTP/2
-//! connection and the requests an HTTP/1 one serves (`server.client_keepalive_requests`).
+//! The same stream times an HTTP/1 connection's wait for its next request
+//! (`server.client_keepalive_timeout_seconds`), which Pingora leaves unlimited once a request
+//! has asked for keep-alive (HTTP/1.1's default). Pingora could time it if told how long, but
+//! it would register a timer for every request whose successor has not arrived yet (in a
+//! busy proxy, every request: about 1,100 instructions); the stream keeps one timer for the
+//! connection's life and moves its deadline forward, an atomic update. Pingora keeps the rest:
+//! [`ClientLimits::server_options`] sets the idle time of an HTTP/2 connection and the
+//! requests an HTTP/1 one serves (`server.client_keepalive_requests`).
 //!
 //! HTTP/2 connections are left as they are: a header there is a frame of a multiplexed
 //! stream, which the h2 layer reads.
@@ -48,7 +52,7 @@ use pingora::protocols::{
 use pingora::server::ShutdownWatch;
 use pingora_proxy::Session as HttpSession;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
 use crate::config::ServerConfig;
@@ -65,7 +69,7 @@ pub struct ClientLimits {
     pub header: Duration,
     /// A write to the client that makes no progress.
     pub send: Duration,
-    /// An idle wait for the connection's next request (whole seconds: Pingora's unit).
+    /// An idle wait for the connection's next request.
     pub keepalive: Duration,
     /// Requests an HTTP/1 connection serves; `None`: no limit.
     pub keepalive_requests: Option<u32>,
@@ -219,6 +223,10 @@ pub struct GuardedStream {
     header_timer: Option<Pin<Box<Sleep>>>,
     /// Running while a write to the client cannot proceed.
     send_timer: Option<Pin<Box<Sleep>>>,
+    /// When the current wait for the next request runs out, once it has begun.
+    idle_deadline: Option<Instant>,
+    /// Armed for the latest `idle_deadline`; kept for the connection's life.
+    idle_timer: Option<Pin<Box<Sleep>>>,
     /// The connection's place under its address's cap, freed when the connection is dropped.
     _slot: Option<ConnectionSlot>,
 }
@@ -244,6 +252,8 @@ impl GuardedStream {
             header_begun: false,
             header_timer: None,
             send_timer: None,
+            idle_deadline: None,
+            idle_timer: None,
             _slot: slot,
         }
     }
@@ -282,6 +292,29 @@ impl GuardedStream {
     }
 }
 
+impl GuardedStream {
+    /// Whether the wait for the next request has lasted `limits.keepalive` (if not, `cx` is
+    /// woken when it will have). The wait begins at its first read that finds nothing.
+    fn idle_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = *self
+            .idle_deadline
+            .get_or_insert_with(|| Instant::now() + self.limits.keepalive);
+        let timer = match &mut self.idle_timer {
+            Some(timer) => {
+                // Deadlines only move forward, which tokio does without touching its wheel.
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => self
+                .idle_timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
 /// Whether `timer`, started with `limit` when first polled, has run out (if not, `cx` is woken
 /// when it does).
 fn run_out(timer: &mut Option<Pin<Box<Sleep>>>, limit: Duration, cx: &mut Context<'_>) -> bool {
@@ -316,17 +349,9 @@ pub fn header_received(session: &HttpSession) {
 
 /// The request is over: the connection's next bytes begin the next header, which it may wait
 /// for `server.client_keepalive_timeout_seconds`.
-pub fn request_done(session: &mut HttpSession) {
-    let Some(stream) = guarded(session) else {
-        return;
-    };
-    stream.phase.store(AWAITING_HEADER, Ordering::Relaxed);
-    let keepalive = stream.limits.keepalive.as_secs();
-    // Once a request has asked for keep-alive (HTTP/1.1's default), Pingora waits for the
-    // next one without a limit (`Some(0)`):
-    // an idle connection would stay open for good. `None` is no keep-alive, left as it is.
-    if session.get_keepalive() == Some(0) {
-        session.set_keepalive(Some(keepalive));
+pub fn request_done(session: &HttpSession) {
+    if let Some(stream) = guarded(session) {
+        stream.phase.store(AWAITING_HEADER, Ordering::Relaxed);
     }
 }
 
@@ -347,6 +372,7 @@ impl AsyncRead for GuardedStream {
             // `client_header_timeout` counts it: otherwise Pingora's 60 s would apply.
             this.header_begun = phase == NEW_CONNECTION;
             this.header_timer = None;
+            this.idle_deadline = None;
             this.phase.store(READING_HEADER, Ordering::Relaxed);
         }
         let filled = buf.filled().len();
@@ -355,7 +381,9 @@ impl AsyncRead for GuardedStream {
                 this.header_begun |= buf.filled().len() > filled;
                 Poll::Ready(result)
             }
-            // Waiting for a later request to begin is keep-alive, which Pingora times.
+            // Waiting for a later request to begin is keep-alive: past its limit, the
+            // connection ends as if the client had closed it (Pingora closes it quietly).
+            Poll::Pending if !this.header_begun && this.idle_too_long(cx) => Poll::Ready(Ok(())),
             Poll::Pending if !this.header_begun => Poll::Pending,
             Poll::Pending if run_out(&mut this.header_timer, this.limits.header, cx) => {
                 Poll::Ready(Err(this.timed_out(ClientTimeout::Header)))

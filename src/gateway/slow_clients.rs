@@ -217,9 +217,10 @@ pub struct GuardedStream {
     /// through a shared reference (its session holds the stream); only the connection's own
     /// task touches it, so ordering is moot.
     phase: AtomicU8,
-    /// A byte of the current header has arrived, or the connection is waiting for its first.
-    header_begun: bool,
-    /// Running while a begun header waits for more bytes.
+    /// Reads wait under the header timeout, not keep-alive's: a byte of the current header
+    /// has arrived, or it is the connection's first.
+    header_timed: bool,
+    /// Running while a timed header waits for more bytes.
     header_timer: Option<Pin<Box<Sleep>>>,
     /// Running while a write to the client cannot proceed.
     send_timer: Option<Pin<Box<Sleep>>>,
@@ -249,7 +250,7 @@ impl GuardedStream {
             limits,
             metrics,
             phase: AtomicU8::new(phase),
-            header_begun: false,
+            header_timed: false,
             header_timer: None,
             send_timer: None,
             idle_deadline: None,
@@ -370,7 +371,7 @@ impl AsyncRead for GuardedStream {
             // A new request: nothing of the last header's timing carries over. A new
             // connection's wait for its first byte counts as its header's, as nginx's
             // `client_header_timeout` counts it: otherwise Pingora's 60 s would apply.
-            this.header_begun = phase == NEW_CONNECTION;
+            this.header_timed = phase == NEW_CONNECTION;
             this.header_timer = None;
             this.idle_deadline = None;
             this.phase.store(READING_HEADER, Ordering::Relaxed);
@@ -378,13 +379,13 @@ impl AsyncRead for GuardedStream {
         let filled = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                this.header_begun |= buf.filled().len() > filled;
+                this.header_timed |= buf.filled().len() > filled;
                 Poll::Ready(result)
             }
             // Waiting for a later request to begin is keep-alive: past its limit, the
             // connection ends as if the client had closed it (Pingora closes it quietly).
-            Poll::Pending if !this.header_begun && this.idle_too_long(cx) => Poll::Ready(Ok(())),
-            Poll::Pending if !this.header_begun => Poll::Pending,
+            Poll::Pending if !this.header_timed && this.idle_too_long(cx) => Poll::Ready(Ok(())),
+            Poll::Pending if !this.header_timed => Poll::Pending,
             Poll::Pending if run_out(&mut this.header_timer, this.limits.header, cx) => {
                 Poll::Ready(Err(this.timed_out(ClientTimeout::Header)))
             }

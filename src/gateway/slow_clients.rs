@@ -199,7 +199,7 @@ impl<A> GuardedApp<A> {
 /// A new connection: its first header is timed from its first read, bytes or not.
 const NEW_CONNECTION: u8 = 0;
 /// Between requests: the next header is timed from its first byte (until then, the wait is
-/// keep-alive, which Pingora times).
+/// keep-alive, timed by [`GuardedStream::idle_too_long`]).
 const AWAITING_HEADER: u8 = 1;
 /// Reads are a header, and the timer state belongs to it.
 const READING_HEADER: u8 = 2;

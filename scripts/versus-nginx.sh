@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The binary users run against what they would run instead, side by side: `cargo build
 # --release`'s mpapi (one worker thread, a cached token) and nginx `auth_request` (one worker,
-# the auth subrequest answered by an nginx location, the same identity headers set by
-# `proxy_set_header`), both in front of the same nginx `return 200` upstream, driven in turn by
+# the auth subrequest answered by an nginx location, the same identity, forwarding and
+# request-id headers set by `proxy_set_header`, the id on the answer too), both in front of the same nginx `return 200` upstream, driven in turn by
 # `wrk -t1 -c32` with a mini program's headers. Prints requests/s and CPU per request of each
 # proxy and of wrk, per round and as medians.
 #
@@ -69,6 +69,7 @@ pid $dir/auth_request.pid;
 http {
   access_log off; $nginx_temp
   keepalive_requests 10000000; keepalive_timeout 300s;
+  map \$http_x_request_id \$mpapi_request_id { "" \$request_id; default \$http_x_request_id; }
   upstream backend { server 127.0.0.1:$upstream_port; keepalive 1024; keepalive_requests 10000000; }
   server {
     listen 127.0.0.1:$nginx_port;
@@ -79,9 +80,16 @@ http {
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header User-Token "";
+      # mpapi also sends User-Extra and User-Mobile, empty for this user without a profile:
+      # nginx drops a header whose value is empty, so they have no counterpart here.
       proxy_set_header User-Id '1';
       proxy_set_header User-Openid '$openid';
       proxy_set_header User-Unionid '$unionid';
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Request-Id \$mpapi_request_id;
+      add_header X-Request-Id \$mpapi_request_id always;
     }
   }
 }

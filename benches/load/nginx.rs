@@ -5,7 +5,9 @@
 //! The auth subrequest is answered by an nginx location (`return 200`): the floor of that
 //! design, since a real deployment sends it to an auth service over HTTP. The authenticated
 //! location then does what mpapi does to a request: drops `User-Token`, sets the five identity
-//! headers (the values mpapi renders for a full-profile user), and rewrites `/app/` to `/api/`.
+//! headers (the values mpapi renders for a full-profile user), sets `X-Forwarded-For`,
+//! `X-Real-IP`, `X-Forwarded-Proto` and an `X-Request-Id` (the client's, or a random one, which
+//! the answer carries too), and rewrites `/app/` to `/api/`.
 //! One process (`master_process off`), as the proxies under test run one worker thread; no
 //! access log, like them; connections kept open indefinitely on both sides, like Pingora's. Started from a config generated in a temp dir, stopped at the end.
 
@@ -108,6 +110,11 @@ http {{
     fastcgi_temp_path {dir}/tmp;
     uwsgi_temp_path {dir}/tmp;
     scgi_temp_path {dir}/tmp;
+    # The request's id: the client's, or one nginx makes up (16 random bytes in hex, as mpapi).
+    map $http_x_request_id $mpapi_request_id {{
+        "" $request_id;
+        default $http_x_request_id;
+    }}
     upstream backend {{
         server {upstream};
         keepalive 1024;
@@ -133,6 +140,11 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header User-Token "";
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Request-Id $mpapi_request_id;
+            add_header X-Request-Id $mpapi_request_id always;
 {identity}        }}
     }}
 }}

@@ -30,8 +30,10 @@
 //! [`ClientLimits::server_options`] sets the idle time of an HTTP/2 connection and the
 //! requests an HTTP/1 one serves (`server.client_keepalive_requests`).
 //!
-//! HTTP/2 connections are left as they are: a header there is a frame of a multiplexed
-//! stream, which the h2 layer reads.
+//! An HTTP/2 connection is timed only until its client preface has arrived, as a first
+//! header is (Pingora's HTTP/2 handshake waits for the preface without a limit). After that a
+//! header is a frame of a multiplexed stream, which the h2 layer reads, and the connection's
+//! idle time is Pingora's.
 
 use std::future::Future;
 use std::io;
@@ -203,8 +205,14 @@ const NEW_CONNECTION: u8 = 0;
 const AWAITING_HEADER: u8 = 1;
 /// Reads are a header, and the timer state belongs to it.
 const READING_HEADER: u8 = 2;
-/// The header is whole: reads are the body, or nothing.
+/// The header is whole: reads are the body, or nothing (or HTTP/2 frames, past the preface).
 const PAST_HEADER: u8 = 3;
+/// An HTTP/2 connection whose client preface has not all arrived: timed as a first header.
+/// HTTP/2 frames its own headers after it; nothing here knows where one ends.
+const H2_PREFACE: u8 = 4;
+
+/// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`, what an HTTP/2 client sends first.
+const H2_PREFACE_LEN: usize = 24;
 
 /// A client connection that times a begun header and a stalled write, and holds its place
 /// under its address's cap.
@@ -220,6 +228,8 @@ pub struct GuardedStream {
     /// Reads wait under the header timeout, not keep-alive's: a byte of the current header
     /// has arrived, or it is the connection's first.
     header_timed: bool,
+    /// Bytes of an HTTP/2 client preface yet to arrive.
+    preface_left: usize,
     /// Running while a timed header waits for more bytes.
     header_timer: Option<Pin<Box<Sleep>>>,
     /// Running while a write to the client cannot proceed.
@@ -239,9 +249,8 @@ impl GuardedStream {
         metrics: Option<Arc<Metrics>>,
         slot: Option<ConnectionSlot>,
     ) -> Self {
-        // HTTP/2 frames its own headers; nothing here knows where one ends.
         let phase = if inner.selected_alpn_proto() == Some(ALPN::H2) {
-            PAST_HEADER
+            H2_PREFACE
         } else {
             NEW_CONNECTION
         };
@@ -251,6 +260,7 @@ impl GuardedStream {
             metrics,
             phase: AtomicU8::new(phase),
             header_timed: false,
+            preface_left: H2_PREFACE_LEN,
             header_timer: None,
             send_timer: None,
             idle_deadline: None,
@@ -294,6 +304,31 @@ impl GuardedStream {
 }
 
 impl GuardedStream {
+    /// Read towards the end of an HTTP/2 client preface, within the header timeout of the
+    /// connection's opening; once it is whole, reads are the h2 layer's.
+    fn read_preface(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let filled = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                let read = buf.filled().len() - filled;
+                self.preface_left = self.preface_left.saturating_sub(read);
+                if self.preface_left == 0 {
+                    self.header_timer = None;
+                    self.phase.store(PAST_HEADER, Ordering::Relaxed);
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending if run_out(&mut self.header_timer, self.limits.header, cx) => {
+                Poll::Ready(Err(self.timed_out(ClientTimeout::Header)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     /// Whether the wait for the next request has lasted `limits.keepalive` (if not, `cx` is
     /// woken when it will have). The wait begins at its first read that finds nothing.
     fn idle_too_long(&mut self, cx: &mut Context<'_>) -> bool {
@@ -366,6 +401,9 @@ impl AsyncRead for GuardedStream {
         let phase = this.phase.load(Ordering::Relaxed);
         if phase == PAST_HEADER {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        if phase == H2_PREFACE {
+            return this.read_preface(cx, buf);
         }
         if phase == AWAITING_HEADER || phase == NEW_CONNECTION {
             // A new request: nothing of the last header's timing carries over. A new

@@ -68,6 +68,15 @@ impl TlsWorld {
         Self::start_with(Tweaks::default()).await
     }
 
+    /// One with these lines added under `server:`.
+    async fn start_with_server(lines: &str) -> Option<Self> {
+        Self::start_with(Tweaks {
+            server: Some(lines.to_string()),
+            ..Tweaks::default()
+        })
+        .await
+    }
+
     async fn start_with(tweaks: Tweaks) -> Option<Self> {
         let dir = std::env::temp_dir().join(format!("mpapi_tls_{}", mpapi::sim::random_hex(8)));
         std::fs::create_dir_all(&dir).unwrap();
@@ -250,11 +259,7 @@ async fn over_tls_a_slow_header_is_cut_off_and_http2_is_not_timed_as_one() {
 
 #[tokio::test]
 async fn an_http2_connection_idle_longer_than_the_keepalive_timeout_is_closed() {
-    let Some(world) = TlsWorld::start_with(Tweaks {
-        server: Some("  client_keepalive_timeout_seconds: 1".to_string()),
-        ..Tweaks::default()
-    })
-    .await
+    let Some(world) = TlsWorld::start_with_server("  client_keepalive_timeout_seconds: 1").await
     else {
         return;
     };
@@ -275,6 +280,33 @@ async fn an_http2_connection_idle_longer_than_the_keepalive_timeout_is_closed() 
         took >= std::time::Duration::from_millis(900),
         "closed after {took:?}"
     );
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_sends_no_preface_is_closed_at_the_header_timeout() {
+    let Some(world) = TlsWorld::start_with_server("  client_header_timeout_ms: 600").await else {
+        return;
+    };
+    // HTTP/2 chosen in the handshake, then nothing, and then half a preface: Pingora alone
+    // would wait for the rest for good.
+    let opened = std::time::Instant::now();
+    let mut silent = world.raw_connection(HOST, b"h2").await;
+    let mut halting = world.raw_connection(HOST, b"h2").await;
+    halting.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    for connection in [&mut silent, &mut halting] {
+        assert!(
+            crate::slow_clients::closed_within(connection, std::time::Duration::from_secs(10))
+                .await,
+            "an HTTP/2 connection without a preface is still open"
+        );
+    }
+    let took = opened.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(500),
+        "closed after {took:?}"
+    );
+    client_failures_are_logged_at_info("server.client_header_timeout_ms").await;
     world.stop().await;
 }
 

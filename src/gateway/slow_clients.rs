@@ -220,10 +220,9 @@ pub struct GuardedStream {
     inner: Stream,
     limits: ClientLimits,
     metrics: Option<Arc<Metrics>>,
-    /// [`NEW_CONNECTION`], [`AWAITING_HEADER`], [`READING_HEADER`] or [`PAST_HEADER`]. The
-    /// gateway moves it
-    /// through a shared reference (its session holds the stream); only the connection's own
-    /// task touches it, so ordering is moot.
+    /// [`NEW_CONNECTION`], [`AWAITING_HEADER`], [`READING_HEADER`], [`PAST_HEADER`] or
+    /// [`H2_PREFACE`]. The gateway moves it through a shared reference (its session holds the
+    /// stream); only the connection's own task touches it, so ordering is moot.
     phase: AtomicU8,
     /// Reads wait under the header timeout, not keep-alive's: a byte of the current header
     /// has arrived, or it is the connection's first.
@@ -303,6 +302,7 @@ impl GuardedStream {
     }
 }
 
+/// Reads outside an HTTP/1 request header: an HTTP/2 client preface, a wait for the next request.
 impl GuardedStream {
     /// Read towards the end of an HTTP/2 client preface, within the header timeout of the
     /// connection's opening; once it is whole, reads are the h2 layer's.

@@ -2,9 +2,10 @@
 # The binary users run against what they would run instead, side by side: `cargo build
 # --release`'s mpapi (one worker thread, a cached token) and nginx `auth_request` (one worker,
 # the auth subrequest answered by an nginx location, the same identity, forwarding and
-# request-id headers set by `proxy_set_header`, the id on the answer too), both in front of the same nginx `return 200` upstream, driven in turn by
-# `wrk -t1 -c32` with a mini program's headers. Prints requests/s and CPU per request of each
-# proxy and of wrk, per round and as medians.
+# request-id headers set by `proxy_set_header`, the id on the answer too), both in front of
+# the same nginx `return 200` upstream, driven in turn by `wrk -t1 -c32` with a mini
+# program's headers. Prints requests/s and CPU per request of each proxy and of wrk, per
+# round and as medians.
 #
 #   scripts/versus-nginx.sh [ROUNDS] [SECONDS]     (default 5 rounds of 10 s each, after 2 s warm-up)
 #

@@ -207,7 +207,7 @@ async fn a_keep_alive_connection_idle_longer_than_the_keepalive_timeout_is_close
     // Idle for less than the timeout each time, three times over (longer than the timeout in
     // all): each wait is timed on its own, so the connection serves every request.
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(450)).await;
         send_head(&mut stream, "GET /app/again", "\r\n").await;
         let again = read_response(&mut stream).await;
         assert!(again.starts_with("HTTP/1.1 200"), "{again}");

@@ -30,6 +30,10 @@ check_database() {
 check_database MPAPI_TEST_POSTGRES_URL 5432
 check_database MPAPI_TEST_MYSQL_URL 3306
 
+# The code's documentation, private items included, must build without a broken link.
+echo "mpapi: checking the documentation (cargo doc)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --quiet
+
 mkdir -p target
 export MPAPI_TEST_SKIP_LOG="$PWD/target/test-skipped.log"
 : >"$MPAPI_TEST_SKIP_LOG"

@@ -31,6 +31,10 @@
 //! Denied everywhere but one function, `gateway::identity::shared_value`, whose invariant is
 //! stated there.
 #![deny(unsafe_code)]
+// The library exists for the binary, its tests and its benches: its documentation is read with
+// private items (`cargo doc --document-private-items`), where a module's overview may name the
+// private constants and helpers it is built from.
+#![allow(rustdoc::private_intra_doc_links)]
 
 /// Every allocation of the process goes through mimalloc rather than the system allocator: a
 /// proxied request allocates and frees dozens of small buffers (Pingora's header maps and

@@ -12,25 +12,53 @@ pub enum Source {
     Process(u32),
 }
 
-impl Source {
-    /// CPU time (user + system) used so far, in microseconds.
-    pub fn used_us(self) -> u64 {
-        match self {
-            Self::Threads(prefix) => threads_us(prefix),
-            Self::Process(pid) => std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| stat_fields(&stat).map(|f| field(&f, 11) + field(&f, 12)))
-                .map_or(0, ticks_to_us),
+/// CPU time used so far, split into user space and the kernel (system calls, and the network
+/// stack's work done on the caller's behalf), in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub user_us: u64,
+    pub system_us: u64,
+}
+
+impl Usage {
+    pub fn total_us(self) -> u64 {
+        self.user_us + self.system_us
+    }
+
+    /// What was used between `earlier` and `self`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            user_us: self.user_us - earlier.user_us,
+            system_us: self.system_us - earlier.system_us,
         }
     }
 }
 
-/// CPU time of this process's threads whose name starts with `prefix`, in microseconds.
+impl Source {
+    /// CPU time used so far.
+    pub fn used(self) -> Usage {
+        match self {
+            Self::Threads(prefix) => threads_usage(prefix),
+            Self::Process(pid) => std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat_fields(&stat).map(|f| usage(&f)))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// CPU time (user + system) of this process's threads whose name starts with `prefix`, in
+/// microseconds.
 pub fn threads_us(prefix: &str) -> u64 {
+    threads_usage(prefix).total_us()
+}
+
+/// CPU time of this process's threads whose name starts with `prefix`.
+fn threads_usage(prefix: &str) -> Usage {
+    let mut sum = Usage::default();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
+        return sum;
     };
-    let mut ticks = 0;
     for task in tasks.flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue;
@@ -42,10 +70,20 @@ pub fn threads_us(prefix: &str) -> u64 {
             continue;
         }
         if let Some(fields) = stat_fields(&stat) {
-            ticks += field(&fields, 11) + field(&fields, 12);
+            let one = usage(&fields);
+            sum.user_us += one.user_us;
+            sum.system_us += one.system_us;
         }
     }
-    ticks_to_us(ticks)
+    sum
+}
+
+/// utime and stime of one `stat` line's fields.
+fn usage(fields: &[&str]) -> Usage {
+    Usage {
+        user_us: ticks_to_us(field(fields, 11)),
+        system_us: ticks_to_us(field(fields, 12)),
+    }
 }
 
 /// CPU time of this process's children that have been waited for (`cutime` + `cstime`), in

@@ -171,6 +171,7 @@ pub fn reload_rows(
             failures: outcome.failures.clone(),
             store_queries: None,
             cpu_us: None,
+            kernel_cpu_us: None,
             generator_cpu_us: None,
             upstream_cpu_us: None,
             rounds_per_second: vec![outcome.per_second().round()],

@@ -151,6 +151,8 @@ struct Round {
     p99_ms: f64,
     /// CPU time the proxy's worker threads spent per answered request, in microseconds.
     cpu_us: f64,
+    /// The part of `cpu_us` spent in the kernel.
+    kernel_cpu_us: f64,
     /// CPU time the load generator spent per answered request, in microseconds.
     generator_cpu_us: f64,
     /// CPU time the upstream (and the simulator, which shares its threads) spent per answered
@@ -554,13 +556,14 @@ fn main() {
             let (outcome, round_figures) = measure(&client, scenario);
             scenario.queries += scenario.store.as_ref().map_or(0, |s| s.query_count()) - before;
             println!(
-                "round {}/{}: {:<24} {} thread(s): {:>8.0} req/s, {:>5.1} µs CPU/req (generator {:>4.1}, upstream {:>4.1}), {} failed",
+                "round {}/{}: {:<24} {} thread(s): {:>8.0} req/s, {:>5.1} µs CPU/req (kernel {:>4.1}; generator {:>4.1}, upstream {:>4.1}), {} failed",
                 round + 1,
                 plan.rounds,
                 scenario.name,
                 scenario.threads,
                 round_figures.per_second,
                 round_figures.cpu_us,
+                round_figures.kernel_cpu_us,
                 round_figures.generator_cpu_us,
                 round_figures.upstream_cpu_us,
                 outcome.failed
@@ -693,7 +696,7 @@ fn main() {
 /// upstream spent.
 fn measure(client: &tokio::runtime::Runtime, scenario: &Scenario) -> (Outcome, Round) {
     let load = &scenario.load;
-    let proxy_before = scenario.proxy_cpu.used_us();
+    let proxy_before = scenario.proxy_cpu.used();
     let upstream_before = cpu::threads_us(UPSTREAM_THREADS);
     let (mut outcome, p50_ms, p99_ms, generator_us) = match &scenario.driver {
         Driver::Hyper => {
@@ -720,7 +723,7 @@ fn measure(client: &tokio::runtime::Runtime, scenario: &Scenario) -> (Outcome, R
             (run.outcome, run.p50_ms, run.p99_ms, generator_us)
         }
     };
-    let proxy_us = scenario.proxy_cpu.used_us() - proxy_before;
+    let proxy = scenario.proxy_cpu.used().since(proxy_before);
     let upstream_us = cpu::threads_us(UPSTREAM_THREADS) - upstream_before;
     outcome.latencies_us = Vec::new();
     let answered = outcome.answered.max(1) as f64;
@@ -728,7 +731,8 @@ fn measure(client: &tokio::runtime::Runtime, scenario: &Scenario) -> (Outcome, R
         per_second: outcome.per_second(),
         p50_ms,
         p99_ms,
-        cpu_us: proxy_us as f64 / answered,
+        cpu_us: proxy.total_us() as f64 / answered,
+        kernel_cpu_us: proxy.system_us as f64 / answered,
         generator_cpu_us: generator_us / answered,
         upstream_cpu_us: upstream_us as f64 / answered,
     };
@@ -884,6 +888,7 @@ fn dispatch_row(name: &str, threads: usize, run: dispatch::Dispatched) -> Row {
         failures: run.failures,
         store_queries: Some(run.queries),
         cpu_us: Some(run.cpu_us),
+        kernel_cpu_us: None,
         generator_cpu_us: None,
         upstream_cpu_us: None,
         rounds_per_second: vec![run.per_second.round()],
@@ -911,6 +916,7 @@ fn rows(list: &[Scenario]) -> Vec<Row> {
                 p50_ms: median(rounds.iter().map(|r| r.p50_ms)),
                 p99_ms: median(rounds.iter().map(|r| r.p99_ms)),
                 cpu_us: Some(median(rounds.iter().map(|r| r.cpu_us))),
+                kernel_cpu_us: Some(median(rounds.iter().map(|r| r.kernel_cpu_us))),
                 generator_cpu_us: Some(median(rounds.iter().map(|r| r.generator_cpu_us))),
                 upstream_cpu_us: Some(median(rounds.iter().map(|r| r.upstream_cpu_us))),
                 ratio: paired.map(|bare| median(round_ratios(rounds, bare))),
@@ -1069,6 +1075,7 @@ async fn self_test(upstream: SocketAddr, sim_addr: SocketAddr) {
         failures: outcome.failures.clone(),
         store_queries: None,
         cpu_us: None,
+        kernel_cpu_us: None,
         generator_cpu_us: None,
         upstream_cpu_us: None,
         rounds_per_second: Vec::new(),

@@ -28,6 +28,9 @@ pub struct Row {
     /// CPU time of the proxy's worker threads per request, in microseconds (None for rows
     /// that do not measure it).
     pub cpu_us: Option<f64>,
+    /// The part of `cpu_us` spent in the kernel (system calls, and the loopback network
+    /// stack's work done on the proxy's behalf).
+    pub kernel_cpu_us: Option<f64>,
     /// CPU time of the load generator per request, in microseconds (None for rows that are
     /// not request loads).
     pub generator_cpu_us: Option<f64>,
@@ -65,7 +68,7 @@ pub fn machine() -> Value {
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     out.push_str(
-        "| scenario | threads | requests/s | p50 ms | p99 ms | × bare | p99 − bare ms | proxy CPU µs/req | generator CPU µs/req | upstream CPU µs/req | store queries |\n",
+        "| scenario | threads | requests/s | p50 ms | p99 ms | × bare | p99 − bare ms | proxy CPU µs/req (kernel) | generator CPU µs/req | upstream CPU µs/req | store queries |\n",
     );
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for row in rows {
@@ -74,7 +77,11 @@ pub fn table(rows: &[Row]) -> String {
             .p99_over_bare_ms
             .map_or("—".into(), |d| format!("{d:+.3}"));
         let queries = row.store_queries.map_or("—".into(), |q| q.to_string());
-        let proxy = row.cpu_us.map_or("—".into(), |us| format!("{us:.1}"));
+        let proxy = match (row.cpu_us, row.kernel_cpu_us) {
+            (Some(us), Some(kernel)) => format!("{us:.1} ({kernel:.1})"),
+            (Some(us), None) => format!("{us:.1}"),
+            (None, _) => "—".into(),
+        };
         let generator = row
             .generator_cpu_us
             .map_or("—".into(), |us| format!("{us:.1}"));
@@ -125,6 +132,7 @@ pub fn write_json(rows: &[Row], context: Value, file: &str) -> std::io::Result<P
                 "failures": row.failures,
                 "store_queries": row.store_queries,
                 "proxy_cpu_us_per_request": row.cpu_us,
+                "proxy_kernel_cpu_us_per_request": row.kernel_cpu_us,
                 "generator_cpu_us_per_request": row.generator_cpu_us,
                 "upstream_cpu_us_per_request": row.upstream_cpu_us,
                 "rounds_requests_per_second": row.rounds_per_second,

@@ -21,7 +21,7 @@ pub async fn write(
     write_with(session, status, content_type, body, None).await
 }
 
-/// [`write`], with a `Retry-After` header when `retry_after` is set.
+/// [`write`](fn@write), with a `Retry-After` header when `retry_after` is set.
 async fn write_with(
     session: &mut Session,
     status: u16,

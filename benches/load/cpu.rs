@@ -25,11 +25,12 @@ impl Usage {
         self.user_us + self.system_us
     }
 
-    /// What was used between `earlier` and `self`.
+    /// What was used between `earlier` and `self` (a thread that ended in between takes its
+    /// time with it: never less than nothing).
     pub fn since(self, earlier: Self) -> Self {
         Self {
-            user_us: self.user_us - earlier.user_us,
-            system_us: self.system_us - earlier.system_us,
+            user_us: self.user_us.saturating_sub(earlier.user_us),
+            system_us: self.system_us.saturating_sub(earlier.system_us),
         }
     }
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run every test: unit tests, and the integration tests that drive real gateways over HTTP.
+# Run every test: unit tests, and the integration tests that drive real gateways over HTTP
+# (first, the code's documentation is built, private items included, and must have no broken link).
 # SQLite always; PostgreSQL and MySQL too when MPAPI_TEST_POSTGRES_URL / MPAPI_TEST_MYSQL_URL
 # are set (a case whose database is absent is counted as skipped, never as passed).
 # `cargo test --all-targets` also compiles every bench (dev profile) and smoke-runs it once, so

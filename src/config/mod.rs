@@ -1,7 +1,7 @@
 //! Configuration: the YAML file ([`file`](mod@file)) is read, `${VAR}`s are expanded
 //! ([`env`](mod@env)), and one validation pass turns it into [`Config`], the typed model the
-//! rest of mpapi trusts. Every error names the key it is about (`apps[2].upstreams[0]: not a
-//! URL`), and nothing panics.
+//! rest of mpapi trusts. Every error names the key it is about
+//! (`apps[2].upstreams[0]: not a URL`), and nothing panics.
 
 mod env;
 pub mod file;

@@ -8,9 +8,10 @@
 //! noise hits all of them alike; each figure is the median over the rounds, and each ratio to
 //! the bare pass-through the median of the rounds' ratios. Everything listens on 127.0.0.1.
 //!
-//! Rows users compare with: when `nginx` is on PATH, nginx proxying the same upstream and nginx
-//! with `auth_request` ([`nginx`]); when `wrk` is, the bare pass-through, the cached-token
-//! scenario and nginx driven by wrk as well ([`wrk`]). Each is skipped with a note otherwise.
+//! Rows users compare with: when `nginx` is on PATH, nginx proxying the same upstream, nginx
+//! with `auth_request`, and nginx doing mpapi's header work alone, whose ratio is to nginx
+//! proxying ([`nginx`]); when `wrk` is, the bare pass-through, the cached-token scenario and
+//! nginx driven by wrk as well ([`wrk`]). Each is skipped with a note otherwise.
 //! Every row shows the load generator's own CPU per request next to the proxy's.
 //!
 //! Knobs (environment): `MPAPI_LOAD_SECONDS` per measured run (1), `MPAPI_LOAD_ROUNDS` (7),
@@ -177,6 +178,10 @@ const GENERATOR_THREADS: &str = "load-client";
 const UPSTREAM_THREADS: &str = "backends";
 const BARE: &str = "bare pass-through";
 const BARE_WRK: &str = "bare pass-through, wrk";
+const NGINX: &str = "nginx proxying";
+/// nginx doing mpapi's header work with no auth subrequest; its ratio is to [`NGINX`].
+const NGINX_HEADERS: &str = "nginx headers only (× nginx proxying)";
+const NGINX_ROWS: [&str; 3] = [NGINX, "nginx auth_request", NGINX_HEADERS];
 const BARE_TLS: &str = "bare pass-through, TLS, wrk";
 const BARE_HANDSHAKES: &str = "bare pass-through, TLS handshakes, wrk";
 /// The cached-token scenario with metrics counted and the access log written.
@@ -421,15 +426,18 @@ fn main() {
             ));
         }
         // What users compare mpapi with: one nginx process against one proxy thread.
-        if threads == 1 && (plan.wants("nginx proxying") || plan.wants("nginx auth_request")) {
+        if threads == 1 && NGINX_ROWS.iter().any(|name| plan.wants(name)) {
             nginx = start_nginx(upstream, &identity);
         }
         if let Some(nginx) = nginx.as_ref().filter(|_| threads == 1) {
-            for (name, addr) in [
-                ("nginx proxying", nginx.proxy),
-                ("nginx auth_request", nginx.auth_request),
+            for (name, baseline, addr) in [
+                (NGINX, BARE, nginx.proxy),
+                ("nginx auth_request", BARE, nginx.auth_request),
+                // Against nginx's own floor: what mpapi's header work costs nginx.
+                (NGINX_HEADERS, NGINX, nginx.headers_only),
             ] {
                 list.push(Scenario {
+                    baseline,
                     proxy_cpu: cpu::Source::Process(nginx.pid()),
                     ..scenario(
                         name,

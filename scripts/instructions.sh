@@ -10,6 +10,11 @@
 #
 # MPAPI_LOAD_BINARY=path measures an already built load bench instead (e.g. two builds to
 # compare: copy each `target/release/deps/load-*` binary aside and run this on both).
+#
+# When nginx is on PATH (apt package nginx), the same for nginx doing the same jobs in its one
+# process (the load bench's nginx servers): proxying alone, mpapi's header work without
+# authentication, and that behind `auth_request`; the two proxies' floors and what each adds
+# to them can then be compared instruction for instruction.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
@@ -47,9 +52,28 @@ worker_instructions() {
   echo "$total"
 }
 
+# nginx's instructions in one run: the bench runs natively and starts nginx under callgrind.
+nginx_instructions() {
+  local scenario=$1 count=$2 dir="$out/$1-$2"
+  mkdir -p "$dir"
+  MPAPI_LOAD_INSTRUCTIONS=$scenario MPAPI_LOAD_REQUESTS=$count \
+    MPAPI_LOAD_NGINX_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=$dir/nginx.cg" \
+    "$bench" >"$dir/log" 2>&1 || { cat "$dir/log" >&2; exit 1; }
+  sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$dir/nginx.cg"
+}
+
 printf '| scenario | instructions per request (proxy worker) |\n|---|---:|\n'
 for scenario in bare cached anonymous; do
   a=$(worker_instructions "$scenario" "$low")
   b=$(worker_instructions "$scenario" "$high")
   printf '| %s | %d |\n' "$scenario" $(((b - a) / (high - low)))
+done
+if ! command -v nginx >/dev/null; then
+  echo "nginx rows: skipped, nginx is not on PATH (apt package nginx)"
+  exit 0
+fi
+for scenario in nginx-proxying nginx-headers nginx-auth_request; do
+  a=$(nginx_instructions "$scenario" "$low")
+  b=$(nginx_instructions "$scenario" "$high")
+  printf '| %s (its process) | %d |\n' "$scenario" $(((b - a) / (high - low)))
 done

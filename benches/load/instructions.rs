@@ -6,6 +6,11 @@
 //! the same binary and inputs. The script runs this twice per scenario with different request
 //! counts and divides the difference of the proxy thread's instructions by the difference of
 //! the counts, so start-up, seeding and priming cancel out.
+//!
+//! The `nginx-*` scenarios count nginx instead, doing the same job in its own process (one
+//! `master_process off` worker, see [`crate::nginx`]): the script runs this mode natively and
+//! nginx under callgrind, through `MPAPI_LOAD_NGINX_WRAPPER` (a command line that nginx's own
+//! is appended to).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,8 +25,12 @@ use crate::{GENERATOR_THREADS, UPSTREAM_THREADS, runtime, scenarios, upstream, w
 /// Sessions seeded (and cached through the gateway before counting starts).
 const SESSIONS: usize = 100;
 
-/// Send `count` requests of `scenario` (`bare`, `cached` or `anonymous`) over one keep-alive
-/// connection to a proxy with one worker thread, then stop.
+/// The scenarios that count nginx: the name after `nginx-`, and which of its servers.
+pub const NGINX_SCENARIOS: [&str; 3] = ["nginx-proxying", "nginx-headers", "nginx-auth_request"];
+
+/// Send `count` requests of `scenario` (`bare`, `cached` or `anonymous`, or one of
+/// [`NGINX_SCENARIOS`]) over one keep-alive connection to a proxy with one worker thread, then
+/// stop.
 pub fn run(scenario: &str, count: u64) {
     let client = runtime(GENERATOR_THREADS, 1);
     let backends = runtime(UPSTREAM_THREADS, 1);
@@ -30,7 +39,10 @@ pub fn run(scenario: &str, count: u64) {
     let tokens = match scenario {
         "bare" | "cached" => Arc::new(client.block_on(world::seed(&sqlite.url, SESSIONS, 0)).live),
         "anonymous" => Arc::new(Vec::new()),
-        other => panic!("unknown scenario {other}: bare, cached or anonymous"),
+        nginx if NGINX_SCENARIOS.contains(&nginx) => {
+            Arc::new(client.block_on(world::seed(&sqlite.url, SESSIONS, 0)).live)
+        }
+        other => panic!("unknown scenario {other}: bare, cached, anonymous or nginx-*"),
     };
     if scenario == "bare" {
         let bare = RunningPassThrough::start(1, upstream);
@@ -45,6 +57,26 @@ pub fn run(scenario: &str, count: u64) {
         upstream,
         unreachable_simulator(),
     ));
+    if scenario.starts_with("nginx-") {
+        // The identity nginx injects is the one mpapi renders for these users.
+        let identity = client.block_on(crate::prime(gateway.addr, &tokens, true));
+        gateway.stop_blocking();
+        let wrapper: Vec<String> = std::env::var("MPAPI_LOAD_NGINX_WRAPPER")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let nginx = crate::nginx::Nginx::start_wrapped(upstream, &identity, &wrapper)
+            .unwrap_or_else(|error| panic!("nginx did not start: {error}"));
+        let addr = match scenario {
+            "nginx-proxying" => nginx.proxy,
+            "nginx-headers" => nginx.headers_only,
+            _ => nginx.auth_request,
+        };
+        client.block_on(send(addr, &tokens, count));
+        nginx.stop_gracefully();
+        return;
+    }
     if scenario == "cached" {
         // Every token once, so the counted requests find their sessions cached.
         client.block_on(send(gateway.addr, &tokens, tokens.len() as u64));

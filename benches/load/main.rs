@@ -203,6 +203,11 @@ fn main() {
         for scenario in ["bare", "cached", "anonymous"] {
             instructions::run(scenario, 5);
         }
+        if on_path("nginx") {
+            for scenario in instructions::NGINX_SCENARIOS {
+                instructions::run(scenario, 5);
+            }
+        }
     }
     let plan = if bench { Plan::bench() } else { Plan::smoke() };
     let _ = tracing_subscriber::fmt()

@@ -33,6 +33,16 @@ pub struct Nginx {
 impl Nginx {
     /// Start one in front of `upstream`, injecting `identity` (header name, value) pairs.
     pub fn start(upstream: SocketAddr, identity: &[(&str, String)]) -> std::io::Result<Self> {
+        Self::start_wrapped(upstream, identity, &[])
+    }
+
+    /// [`Nginx::start`] with nginx run by `wrapper` (a command and its arguments, nginx's own
+    /// command line appended), e.g. under valgrind; an empty wrapper runs nginx itself.
+    pub fn start_wrapped(
+        upstream: SocketAddr,
+        identity: &[(&str, String)],
+        wrapper: &[String],
+    ) -> std::io::Result<Self> {
         let dir = std::env::temp_dir().join(format!("mpapi_bench_nginx_{}", std::process::id()));
         std::fs::create_dir_all(dir.join("tmp"))?;
         let proxy = free_port()?;
@@ -46,7 +56,15 @@ impl Nginx {
         let config = config(&dir, upstream, &servers, identity);
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, config)?;
-        let child = Command::new("nginx")
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg("nginx");
+                command
+            }
+            None => Command::new("nginx"),
+        };
+        let child = command
             .arg("-p")
             .arg(&dir)
             .arg("-c")
@@ -64,7 +82,9 @@ impl Nginx {
             child,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // Under valgrind nginx takes seconds to start.
+        let patience = if wrapper.is_empty() { 5 } else { 120 };
+        let deadline = Instant::now() + Duration::from_secs(patience);
         while [proxy, auth_request, headers_only]
             .iter()
             .any(|addr| TcpStream::connect(addr).is_err())
@@ -87,6 +107,21 @@ impl Nginx {
     /// Stop it and remove its directory.
     pub fn stop(mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// Ask it to exit (`SIGTERM`), so that a wrapper sees it end normally (callgrind writes its
+    /// counts then), wait for that, and remove its directory.
+    pub fn stop_gracefully(mut self) {
+        let terminated = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !terminated {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -25,7 +25,8 @@ use crate::{GENERATOR_THREADS, UPSTREAM_THREADS, runtime, scenarios, upstream, w
 /// Sessions seeded (and cached through the gateway before counting starts).
 const SESSIONS: usize = 100;
 
-/// The scenarios that count nginx: the name after `nginx-`, and which of its servers.
+/// The scenarios that count nginx, one for each of its servers: proxying alone, mpapi's header
+/// work, and that behind `auth_request`.
 pub const NGINX_SCENARIOS: [&str; 3] = ["nginx-proxying", "nginx-headers", "nginx-auth_request"];
 
 /// Send `count` requests of `scenario` (`bare`, `cached` or `anonymous`, or one of

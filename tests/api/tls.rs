@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mpapi::config::Config;
 use mpapi::server::{Listeners, RunningGateway, TlsListener};
@@ -249,7 +249,7 @@ async fn over_tls_a_slow_header_is_cut_off_and_http2_is_not_timed_as_one() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.version(), Version::HTTP_2);
-        tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
     }
     assert_eq!(header_timeouts().await, 0.0);
     // HTTP/1.1 inside TLS is timed as over plain TCP.
@@ -271,7 +271,7 @@ async fn an_http2_connection_idle_longer_than_the_keepalive_timeout_is_closed() 
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .await
         .unwrap();
-    let idle = std::time::Instant::now();
+    let idle = Instant::now();
     let (earliest, latest) = (Duration::from_millis(900), Duration::from_secs(5));
     closed_between(&mut connection, idle, earliest, latest).await;
     world.stop().await;
@@ -284,7 +284,7 @@ async fn an_http2_connection_that_sends_no_preface_is_closed_at_the_header_timeo
     };
     // HTTP/2 chosen in the handshake, then nothing, and then half a preface: Pingora alone
     // would wait for the rest for good.
-    let opened = std::time::Instant::now();
+    let opened = Instant::now();
     let mut silent = world.raw_connection(HOST, b"h2").await;
     let mut halting = world.raw_connection(HOST, b"h2").await;
     halting.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
@@ -383,11 +383,8 @@ async fn a_client_that_chooses_http2_and_speaks_http1_fails_only_that_connection
         .await
         .unwrap();
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        connection.read_to_end(&mut answer),
-    )
-    .await;
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), connection.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "the gateway closes the connection");
     assert!(
         !String::from_utf8_lossy(&answer).contains("HTTP/1.1 200"),
@@ -409,9 +406,9 @@ pub(crate) async fn client_failures_are_logged_at_info(marker: &str) {
             .map(str::to_string)
             .collect()
     };
-    let started = std::time::Instant::now();
-    while lines().is_empty() && started.elapsed() < std::time::Duration::from_secs(2) {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let started = Instant::now();
+    while lines().is_empty() && started.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let lines = lines();
     assert!(

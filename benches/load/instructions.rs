@@ -37,12 +37,11 @@ pub fn run(scenario: &str, count: u64) {
     let backends = runtime(UPSTREAM_THREADS, 1);
     let upstream = upstream::start(&backends);
     let sqlite = world::Database::sqlite();
+    let with_sessions =
+        matches!(scenario, "bare" | "cached") || NGINX_SCENARIOS.contains(&scenario);
     let tokens = match scenario {
-        "bare" | "cached" => Arc::new(client.block_on(world::seed(&sqlite.url, SESSIONS, 0)).live),
         "anonymous" => Arc::new(Vec::new()),
-        nginx if NGINX_SCENARIOS.contains(&nginx) => {
-            Arc::new(client.block_on(world::seed(&sqlite.url, SESSIONS, 0)).live)
-        }
+        _ if with_sessions => Arc::new(client.block_on(world::seed(&sqlite.url, SESSIONS, 0)).live),
         other => panic!("unknown scenario {other}: bare, cached, anonymous or nginx-*"),
     };
     if scenario == "bare" {
